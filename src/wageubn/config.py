@@ -1,0 +1,220 @@
+"""The numerical contract as a frozen dataclass: every quantized role, its bits, and the presets.
+
+See docs/WAGEUBN.md §4 (bit widths) and §5 (presets). A role set to ``None`` stays in float.
+
+>>> cfg = WAGEUBNConfig.preset("paper")
+>>> cfg.error2, cfg.replace(error2=16).error2
+(8, 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from .quant.functions import check_grad_range
+from .quant.rounding import MAX_BITS, MIN_BITS
+
+__all__ = ["PRESETS", "ROLES", "WAGEUBNConfig"]
+
+# role -> (paper bits, quantizer, what it is). The order is the contract's table (§4).
+ROLES: dict[str, tuple[int, str, str]] = {
+    "weight": (8, "QC", "W: conv/linear weights in the forward pass"),
+    "activation": (8, "Q", "A: output of every quantized ReLU"),
+    "grad": (8, "CQ", "G: gradient of quantized conv/linear weights (with the dr schedule)"),
+    "error1": (8, "SQ", "E1: gradient arriving at a quantized activation"),
+    "error2": (8, "FQ", "E2: gradient of every quantized conv/linear output"),
+    "bn_gamma": (8, "Q", "BN scale gamma"),
+    "bn_beta": (8, "Q", "BN shift beta"),
+    "bn_xhat": (8, "Q", "BN normalized input x-hat"),
+    "bn_mean": (16, "Q", "BN mean mu"),
+    "bn_std": (16, "Q", "BN standard deviation sigma (epsilon added after)"),
+    "bn_grad": (15, "Q", "gradient of BN gamma and beta"),
+    "lr": (10, "QC", "learning rate"),
+    "momentum": (13, "Q", "momentum buffer"),
+    "update": (24, "Q", "U: stored weights after each update"),
+    "weight_init": (16, "Q", "initial quantized conv/linear weights"),
+}
+
+_ARITHMETIC = ("simulated", "int8")
+_GRAD_ROUNDING = ("stochastic", "nearest")
+# Roles whose tensors are GEMM operands: int8 arithmetic needs them at 8 bits or fewer.
+_INT8_ROLES = ("weight", "activation", "grad", "error1", "error2")
+
+
+def _suggest(name: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class WAGEUBNConfig:
+    """Bit widths of every WAGEUBN data path (``None`` = float) plus the few switches around them.
+
+    The defaults are the ``paper`` preset: the released code's settings (docs/WAGEUBN.md §4).
+    """
+
+    weight: int | None = 8
+    """W, ``QC(W, k)`` in the forward pass."""
+    activation: int | None = 8
+    """A, ``Q(relu(y), k)``."""
+    grad: int | None = 8
+    """G, ``CQ(g, k, dr)`` for quantized conv/linear weights."""
+    error1: int | None = 8
+    """E1, ``SQ(dL/da, k)``."""
+    error2: int | None = 8
+    """E2, ``FQ(dL/dz, k)``; 16 in the second version of the paper (preset ``paper_e2_16``)."""
+    bn_gamma: int | None = 8
+    """BN ``Q(gamma, k)``."""
+    bn_beta: int | None = 8
+    """BN ``Q(beta, k)``."""
+    bn_xhat: int | None = 8
+    """BN ``Q((x − mu_q) / sigma_q, k)``."""
+    bn_mean: int | None = 16
+    """BN ``Q(mu, k)``."""
+    bn_std: int | None = 16
+    """BN ``Q(sqrt(var), k) + eps``."""
+    bn_grad: int | None = 15
+    """``Q(g, k)`` for the gradients of BN gamma and beta."""
+    lr: int | None = 10
+    """``QC(lr, k)``: with 10 bits the learning rate is a multiple of 2^-9."""
+    momentum: int | None = 13
+    """``Q(acc, k)`` of the momentum buffer after each update."""
+    update: int | None = 24
+    """U: ``Q(p, k)`` of the stored weight after each update."""
+    weight_init: int | None = 16
+    """``Q(w0, k)`` of the initial quantized conv/linear weights."""
+    grad_rounding: str = "stochastic"
+    """Rounding of ``CQ``: ``"stochastic"`` (paper) or ``"nearest"``."""
+    grad_range: int = 128
+    """Initial gradient range ``dr`` of ``CQ`` (the optimizer can schedule it)."""
+    arithmetic: str = "simulated"
+    """``"simulated"``: quantized values held in float tensors (``paper``); ``"int8"``: products on
+    integer kernels (§6)."""
+    quantize_stem: bool = False
+    """Also quantize the first ``Conv2d`` (float in the released code)."""
+    quantize_head: bool = False
+    """Also quantize the last ``Linear`` (float in the released code)."""
+    bn_eps: float = 2.0**-15
+    """Epsilon added to the quantized standard deviation."""
+    name: str = field(default="custom", compare=False)
+    """The preset this config came from (informational; not part of equality)."""
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+        for role in ROLES:
+            bits = getattr(self, role)
+            if bits is None:
+                continue
+            if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+                errors.append(f"{role}={bits!r} must be an int in [{MIN_BITS}, {MAX_BITS}] or None")
+            elif not MIN_BITS <= bits <= MAX_BITS:
+                errors.append(
+                    f"{role}={bits} is outside [{MIN_BITS}, {MAX_BITS}]; use None to keep it float"
+                )
+        if self.grad_rounding not in _GRAD_ROUNDING:
+            errors.append(
+                f"grad_rounding={self.grad_rounding!r} is not one of {_GRAD_ROUNDING}"
+                + _suggest(str(self.grad_rounding), _GRAD_ROUNDING)
+            )
+        if self.arithmetic not in _ARITHMETIC:
+            errors.append(
+                f"arithmetic={self.arithmetic!r} is not one of {_ARITHMETIC}"
+                + _suggest(str(self.arithmetic), _ARITHMETIC)
+            )
+        try:
+            check_grad_range(self.grad_range)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"grad_range: {exc}")
+        for flag in ("quantize_stem", "quantize_head"):
+            if not isinstance(getattr(self, flag), bool):
+                errors.append(f"{flag}={getattr(self, flag)!r} must be True or False")
+        if isinstance(self.bn_eps, bool) or not isinstance(self.bn_eps, numbers.Real):
+            errors.append(f"bn_eps={self.bn_eps!r} must be a number")
+        elif not self.bn_eps > 0:
+            errors.append(f"bn_eps={self.bn_eps!r} must be > 0")
+        if self.arithmetic == "int8":
+            for role in _INT8_ROLES:
+                bits = getattr(self, role)
+                if isinstance(bits, numbers.Integral) and not isinstance(bits, bool):
+                    if bits > 8:
+                        errors.append(f"arithmetic='int8' needs {role} <= 8 bits, got {bits}")
+                elif bits is None:
+                    errors.append(f"arithmetic='int8' needs {role} quantized (<= 8 bits), got None")
+            if self.grad_range > 128:
+                errors.append(f"arithmetic='int8' needs grad_range <= 128, got {self.grad_range}")
+        if errors:
+            raise ValueError("invalid WAGEUBNConfig:\n  " + "\n  ".join(errors))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> WAGEUBNConfig:
+        """One of ``paper``, ``paper_e2_16``, ``fp32``, ``int8`` (docs/WAGEUBN.md §5)."""
+        if not isinstance(name, str):
+            raise TypeError(f"preset name must be a str, got {type(name).__name__}")
+        if name not in PRESETS:
+            raise ValueError(
+                f"unknown preset {name!r}; choose one of {sorted(PRESETS)}"
+                + _suggest(name, list(PRESETS))
+            )
+        return cls(**PRESETS[name], name=name)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> WAGEUBNConfig:
+        """Build from a mapping; ``preset`` (optional) is applied first, the other keys override it.
+
+        Unknown keys are an error with a close-match suggestion.
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"config must be a mapping, got {type(values).__name__}")
+        values = dict(values)
+        base = cls.preset(values.pop("preset")) if "preset" in values else cls()
+        return base.replace(**values)
+
+    def replace(self, **changes: Any) -> WAGEUBNConfig:
+        """A copy with some fields changed (validated; unknown names get a suggestion)."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = [k for k in changes if k not in names]
+        if unknown:
+            raise ValueError(
+                "unknown WAGEUBNConfig field(s): "
+                + ", ".join(f"{k!r}{_suggest(k, names)}" for k in unknown)
+                + f"; roles are {list(ROLES)}"
+            )
+        if changes and "name" not in changes:
+            changes["name"] = "custom"
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # -- queries ------------------------------------------------------------------------------
+    def bits(self, role: str) -> int | None:
+        """The bits of a role (``None`` = float); unknown roles get a suggestion."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}" + _suggest(role, list(ROLES)))
+        return getattr(self, role)
+
+    @property
+    def quantizes_anything(self) -> bool:
+        return any(getattr(self, role) is not None for role in ROLES)
+
+    @property
+    def bn_quantized(self) -> bool:
+        return any(
+            getattr(self, r) is not None
+            for r in ("bn_gamma", "bn_beta", "bn_xhat", "bn_mean", "bn_std")
+        )
+
+
+_FLOAT = {role: None for role in ROLES}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "paper_e2_16": {"error2": 16},
+    "fp32": dict(_FLOAT),
+    "int8": {"arithmetic": "int8"},
+}
