@@ -104,3 +104,69 @@ def constant(x: torch.Tensor, k: int, dr: int, u: torch.Tensor) -> torch.Tensor:
         n = clip(F(n), F(-(dr - 1)), F(dr - 1))
         out.append(n * F(2) ** (-2 * (k - 1)))
     return _tensor(out, x)
+
+
+# -- a WAGEUBN training step written from the contract (§2–§3), for tests/test_paper_step.py -----
+# Independent of the library: the quantizers above (exact rationals) wrapped in two tiny autograd
+# functions, and the data path spelled out layer by layer with plain torch ops.
+
+
+class _Fwd(torch.autograd.Function):
+    """fn(x) forward, identity backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        return fn(x).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _Bwd(torch.autograd.Function):
+    """identity forward, fn(dL/dy) backward."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        ctx.fn = fn
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.fn(g).to(g.dtype), None
+
+
+def ref_bn(x, gamma, beta, eps=2.0**-15):
+    """Training-mode WAGEUBN BN: batch mean and biased variance over (N, H, W)."""
+    mean = x.mean((0, 2, 3))
+    var = x.var((0, 2, 3), unbiased=False)
+    mu_q = _Fwd.apply(mean, lambda t: direct(t, 16))
+    sd_q = _Fwd.apply(torch.sqrt(var), lambda t: direct(t, 16)) + eps
+    xhat = _Fwd.apply((x - mu_q[:, None, None]) / sd_q[:, None, None], lambda t: direct(t, 8))
+    g_q = _Fwd.apply(gamma, lambda t: direct(t, 8))
+    b_q = _Fwd.apply(beta, lambda t: direct(t, 8))
+    return xhat * g_q[:, None, None] + b_q[:, None, None]
+
+
+def ref_relu(x, e1_bits=8):
+    a = _Fwd.apply(torch.relu(x), lambda t: direct(t, 8))
+    return _Bwd.apply(a, lambda t: shift(t, e1_bits))
+
+
+def ref_conv(a, w, stride, e2_bits=8):
+    wq = _Fwd.apply(w, lambda t: clipped_direct(t, 8))
+    z = torch.nn.functional.conv2d(a, wq, stride=stride, padding=1)
+    return _Bwd.apply(z, lambda t: flag(t, e2_bits))
+
+
+def ref_small_cnn_logits(x, p):
+    """``wageubn.models.small_cnn`` in the ``paper`` preset, from the formulas. ``p``: name -> tensor."""
+    F_ = torch.nn.functional
+    h = F_.conv2d(x, p["stem.weight"], padding=1)  # float stem
+    a = ref_relu(ref_bn(h, p["bn1.weight"], p["bn1.bias"]))
+    z = ref_conv(a, p["conv1.weight"], 2)
+    a = ref_relu(ref_bn(z, p["bn2.weight"], p["bn2.bias"]))
+    z = ref_conv(a, p["conv2.weight"], 2)
+    a = ref_relu(ref_bn(z, p["bn3.weight"], p["bn3.bias"]))
+    pooled = F_.adaptive_avg_pool2d(a, 1).flatten(1)  # not re-quantized
+    return F_.linear(pooled, p["fc.weight"], p["fc.bias"])  # float classifier

@@ -147,6 +147,7 @@ def constant_quantize(
     dr: int,
     *,
     generator: torch.Generator | None = None,
+    rounding: str = "stochastic",
 ) -> torch.Tensor:
     """Constant quantization ``CQ(x, k, dr) = clip(SR(dr · x / R(x)), −(dr−1), dr−1) · 2^(−2(k−1))`` (G).
 
@@ -154,13 +155,17 @@ def constant_quantize(
     ``R(x)`` and ``dr``: only direction and relative size of the gradient survive. Range
     ``±(dr − 1)·2^(−2(k−1))``. Rounding: stochastic (``SR``, unbiased), random numbers from
     ``generator`` (the global generator if ``None``). ``x / R(x)`` is computed first, then times
-    ``dr``, as in the released code.
+    ``dr``, as in the released code. ``rounding="nearest"`` replaces ``SR`` by round-half-to-even
+    (an ablation; the contract's ``CQ`` is stochastic).
     """
     bits = check_bits(bits)
     dr = check_grad_range(dr)
+    if rounding not in ("stochastic", "nearest"):
+        raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
     r = pow2_exponent(x, "constant_quantize input")
     if r is None:
         return torch.zeros_like(x)
     v = (x / _scale(x, r)) * float(dr)
-    n = stochastic_round(v, generator).clamp_(-(dr - 1), dr - 1)
+    n = stochastic_round(v, generator) if rounding == "stochastic" else torch.round(v)
+    n = n.clamp_(-(dr - 1), dr - 1)
     return n * float(2.0 ** (-2 * (bits - 1)))

@@ -1,0 +1,160 @@
+"""``quantize_(model, config)`` / ``to_float_(model)``: in-place module swap on any ``nn.Module`` tree.
+
+=====================  ====================  ==============================================
+float module           quantized module      what the swap adds
+=====================  ====================  ==============================================
+``nn.Conv2d``          ``QuantConv2d``       W = QC forward, E2 = FQ on the output gradient
+``nn.Linear``          ``QuantLinear``       the same
+``nn.BatchNorm2d``     ``QuantBatchNorm2d``  μ, σ, x̂, γ, β quantized
+``nn.ReLU``            ``QuantReLU``         A = Q forward, E1 = SQ on the gradient
+=====================  ====================  ==============================================
+
+As in the released code, the first ``Conv2d`` (the stem) and the last ``Linear`` (the classifier)
+in registration order stay float unless ``config.quantize_stem`` / ``config.quantize_head`` say
+otherwise. Containers and shape-only modules (pooling, flatten, dropout, identity) need no swap.
+Any other module that ``filter_fn`` selects has no quantized counterpart and raises
+``UnsupportedModuleError`` naming its path and type: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .config import WAGEUBNConfig
+from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from .quant import direct_quantize
+
+__all__ = ["QUANT_MODULES", "UnsupportedModuleError", "quantize_", "to_float_"]
+
+QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv2d: QuantConv2d,
+    nn.Linear: QuantLinear,
+    nn.BatchNorm2d: QuantBatchNorm2d,
+    nn.ReLU: QuantReLU,
+}
+_FLOAT_OF = {q: f for f, q in QUANT_MODULES.items()}
+
+# Modules that only move, pick or drop values already on a grid: nothing to quantize.
+_TRANSPARENT = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Identity,
+)
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+class UnsupportedModuleError(NotImplementedError):
+    """A module selected for quantization has no quantized counterpart."""
+
+
+def _parent(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+    path, _, name = fqn.rpartition(".")
+    return (model.get_submodule(path) if path else model), name
+
+
+def _stem_and_head(model: nn.Module) -> tuple[str | None, str | None]:
+    """The paths of the first ``Conv2d`` and the last ``Linear`` in registration order."""
+    convs = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, QuantConv2d)]
+    linears = [n for n, m in model.named_modules() if type(m) in (nn.Linear, QuantLinear)]
+    return (convs[0] if convs else None), (linears[-1] if linears else None)
+
+
+def quantize_(
+    model: nn.Module,
+    config: WAGEUBNConfig | str = "paper",
+    filter_fn: FilterFn | None = None,
+) -> nn.Module:
+    """Swap every supported module of ``model`` for its WAGEUBN counterpart, in place; returns ``model``.
+
+    ``config`` is a ``WAGEUBNConfig`` or a preset name. ``filter_fn(module, fqn) -> bool`` selects
+    the modules to convert (default: all). Parameters and buffers are carried over as the same
+    objects; quantized conv/linear weights are snapped to the ``weight_init`` grid and BN γ/β to
+    the ``update`` grid, so the stored values lie on their grids from the first step.
+    """
+    if isinstance(config, str):
+        config = WAGEUBNConfig.preset(config)
+    if not isinstance(config, WAGEUBNConfig):
+        raise TypeError(
+            f"quantize_: config must be a WAGEUBNConfig or a preset name, got {type(config).__name__}"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_: model must be an nn.Module, got {type(model).__name__}")
+    if type(model) in QUANT_MODULES or type(model) in _FLOAT_OF:
+        raise TypeError(
+            f"quantize_: the model itself is a single {type(model).__name__}; "
+            "wrap it in nn.Sequential so it can be swapped in place"
+        )
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError("quantize_: filter_fn must be callable as filter_fn(module, fqn) -> bool")
+    stem, head = _stem_and_head(model)
+    keep_float = set()
+    if stem is not None and not config.quantize_stem:
+        keep_float.add(stem)
+    if head is not None and not config.quantize_head:
+        keep_float.add(head)
+
+    swaps: list[tuple[str, nn.Module]] = []
+    for fqn, mod in model.named_modules():
+        if filter_fn is not None and not filter_fn(mod, fqn):
+            continue
+        if type(mod) in _FLOAT_OF:  # already quantized: re-configure
+            mod.config = config
+            continue
+        if fqn in keep_float:
+            continue
+        if type(mod) in QUANT_MODULES:
+            swaps.append((fqn, QUANT_MODULES[type(mod)].from_float(mod, config)))
+            continue
+        has_own_params = next(mod.parameters(recurse=False), None) is not None
+        if not has_own_params and isinstance(mod, _TRANSPARENT + _CONTAINERS):
+            continue
+        if not has_own_params and mod._modules:  # a user block: its children are visited
+            continue
+        what = "has parameters of its own and " if has_own_params else ""
+        raise UnsupportedModuleError(
+            f"quantize_: {fqn or 'the model'} is a {type(mod).__module__}.{type(mod).__name__}, "
+            f"which {what}has no quantized counterpart; exclude it with filter_fn "
+            f"(supported: {', '.join(t.__name__ for t in QUANT_MODULES)})"
+        )
+    for fqn, new in swaps:
+        parent, name = _parent(model, fqn)
+        setattr(parent, name, new)
+        _snap_to_grid(new, config)
+    model._wageubn_config = config  # read by the trainer, the exporter and the diagnostics
+    return model
+
+
+@torch.no_grad()
+def _snap_to_grid(mod: nn.Module, config: WAGEUBNConfig) -> None:
+    if isinstance(mod, (QuantConv2d, QuantLinear)) and config.weight_init is not None:
+        mod.weight.copy_(direct_quantize(mod.weight, config.weight_init))
+    if isinstance(mod, QuantBatchNorm2d) and config.update is not None:
+        for p in (mod.weight, mod.bias):
+            if p is not None:
+                p.copy_(direct_quantize(p, config.update))
+
+
+def to_float_(model: nn.Module) -> nn.Module:
+    """Undo ``quantize_``: every quantized module back to its ``torch.nn`` class (same parameters)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_float_: model must be an nn.Module, got {type(model).__name__}")
+    swaps = [(fqn, m.to_float()) for fqn, m in model.named_modules() if type(m) in _FLOAT_OF]
+    for fqn, new in swaps:
+        if fqn == "":
+            raise TypeError("to_float_: the model itself is a quantized layer; use its to_float()")
+        parent, name = _parent(model, fqn)
+        setattr(parent, name, new)
+    model.__dict__.pop("_wageubn_config", None)
+    return model

@@ -1,0 +1,170 @@
+"""Quantized conv/linear layers and the quantized activation point (docs/WAGEUBN.md §2).
+
+Forward and backward of one unit::
+
+    a = Q(relu(y), k_A)          QuantReLU       backward: E1 = SQ(dL/da, k_E1)
+    z = conv(a, QC(W, k_W))      QuantConv2d     backward: E2 = FQ(dL/dz, k_E2)
+
+Each layer is a subclass of its ``torch.nn`` counterpart holding the *same* parameter objects
+(``from_float`` / ``to_float`` swap without copying), so an optimizer built before the swap still
+points at the live parameters. With every role ``None`` (``fp32`` preset) the forward and backward
+are exactly those of ``torch.nn``.
+
+A conv/linear bias (absent from the released models) is not part of the contract: it stays float.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import WAGEUBNConfig
+from .quantizers import error1, error2, forward_q, tag_parameter, weight_q
+
+__all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
+
+
+def _check_config(config: object) -> WAGEUBNConfig:
+    if not isinstance(config, WAGEUBNConfig):
+        raise TypeError(
+            f"config must be a WAGEUBNConfig, got {type(config).__name__}; "
+            "use WAGEUBNConfig.preset('paper')"
+        )
+    return config
+
+
+def _conv_args(mod: nn.Conv2d) -> dict:
+    return {
+        "in_channels": mod.in_channels,
+        "out_channels": mod.out_channels,
+        "kernel_size": mod.kernel_size,
+        "stride": mod.stride,
+        "padding": mod.padding,
+        "dilation": mod.dilation,
+        "groups": mod.groups,
+        "bias": mod.bias is not None,
+        "padding_mode": mod.padding_mode,
+    }
+
+
+def _linear_args(mod: nn.Linear) -> dict:
+    return {
+        "in_features": mod.in_features,
+        "out_features": mod.out_features,
+        "bias": mod.bias is not None,
+    }
+
+
+def _move_parameters(src: nn.Module, dst: nn.Module) -> None:
+    """Give ``dst`` the parameter and buffer objects of ``src`` and its train/eval mode."""
+    for name, p in src.named_parameters(recurse=False):
+        setattr(dst, name, p)
+    for name in list(dst._parameters):
+        if name not in src._parameters or src._parameters[name] is None:
+            dst._parameters[name] = None
+    for name, b in src.named_buffers(recurse=False):
+        dst.register_buffer(name, b, persistent=name not in src._non_persistent_buffers_set)
+    dst.train(src.training)
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with W quantized in the forward pass and E2 on the output gradient.
+
+    forward: ``z = conv(x, QC(W, k_W)) [+ bias]``; backward: ``dL/dz ← FQ(dL/dz, k_E2)`` before it
+    feeds both ``dL/dx`` and ``dL/dW`` (the weight gradient is quantized by the optimizer, ``CQ``).
+    """
+
+    def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = _check_config(config or WAGEUBNConfig())
+        tag_parameter(self.weight, "weight")
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, config: WAGEUBNConfig) -> QuantConv2d:
+        """A quantized conv holding ``mod``'s parameters (the same objects, not copies)."""
+        new = cls(**_conv_args(mod), config=config, device="meta")
+        _move_parameters(mod, new)
+        tag_parameter(new.weight, "weight")
+        return new
+
+    def to_float(self) -> nn.Conv2d:
+        """The plain ``nn.Conv2d`` with the same parameter objects."""
+        mod = nn.Conv2d(**_conv_args(self), device="meta")
+        _move_parameters(self, mod)
+        tag_parameter(mod.weight, None)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.arithmetic == "int8":
+            from .int8 import int8_conv2d
+
+            return int8_conv2d(self, x)
+        z = self._conv_forward(x, weight_q(self.weight, self.config), self.bias)
+        return error2(z, self.config)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with W quantized in the forward pass and E2 on the output gradient."""
+
+    def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = _check_config(config or WAGEUBNConfig())
+        tag_parameter(self.weight, "weight")
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, config: WAGEUBNConfig) -> QuantLinear:
+        """A quantized linear layer holding ``mod``'s parameters (the same objects)."""
+        new = cls(**_linear_args(mod), config=config, device="meta")
+        _move_parameters(mod, new)
+        tag_parameter(new.weight, "weight")
+        return new
+
+    def to_float(self) -> nn.Linear:
+        mod = nn.Linear(**_linear_args(self), device="meta")
+        _move_parameters(self, mod)
+        tag_parameter(mod.weight, None)
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.arithmetic == "int8":
+            from .int8 import int8_linear
+
+            return int8_linear(self, x)
+        z = F.linear(x, weight_q(self.weight, self.config), self.bias)
+        return error2(z, self.config)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
+
+
+class QuantReLU(nn.Module):
+    """The quantized activation point: ``a = Q(relu(x), k_A)``; backward ``E1 = SQ(dL/da, k_E1)``.
+
+    E1 sits on ``a`` itself, so it sees ``dL/da`` summed over every consumer of ``a`` (a projection
+    shortcut and the next conv, say). Never in place: ``inplace`` is kept only for ``to_float``.
+    """
+
+    def __init__(self, inplace: bool = False, *, config: WAGEUBNConfig | None = None) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.config = _check_config(config or WAGEUBNConfig())
+
+    @classmethod
+    def from_float(cls, mod: nn.ReLU, config: WAGEUBNConfig) -> QuantReLU:
+        return cls(mod.inplace, config=config)
+
+    def to_float(self) -> nn.ReLU:
+        return nn.ReLU(inplace=self.inplace)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.activation is None and self.config.error1 is None:
+            return F.relu(x)
+        a = forward_q(F.relu(x), self.config.activation)
+        return error1(a, self.config)
+
+    def extra_repr(self) -> str:
+        return f"A={self.config.activation}, E1={self.config.error1}"

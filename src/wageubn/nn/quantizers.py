@@ -1,0 +1,74 @@
+"""The quantization points of a layer, built once from a ``WAGEUBNConfig``.
+
+Each function applies one role's quantizer in the direction the contract puts it (docs/WAGEUBN.md
+§2) and is the identity for a role set to ``None``:
+
+* forward, gradient straight through: ``weight`` (QC), ``activation`` (Q), the BN quantities (Q);
+* backward only: ``error1`` (SQ) on the gradient arriving at a quantized activation, ``error2`` (FQ)
+  on the gradient of a quantized conv/linear output.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..config import WAGEUBNConfig
+from ..quant import (
+    clipped_direct_quantize,
+    direct_quantize,
+    flag_quantize,
+    quantize_backward,
+    quantize_forward,
+    shift_quantize,
+)
+
+__all__ = ["ROLE_TAG", "error1", "error2", "forward_q", "tag_parameter", "weight_q"]
+
+# Parameters of quantized layers carry their role for QSGD: "weight" (CQ gradient) or "bn" (Q gradient).
+ROLE_TAG = "_wageubn_role"
+
+
+def tag_parameter(p: torch.nn.Parameter | None, role: str | None) -> None:
+    """Mark (or, with ``role=None``, unmark) a parameter's WAGEUBN role for the optimizer."""
+    if p is None:
+        return
+    if role is None:
+        p.__dict__.pop(ROLE_TAG, None)
+    else:
+        setattr(p, ROLE_TAG, role)
+
+
+def forward_q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
+    """``Q(x, bits)`` forward, straight-through backward; identity for ``bits=None``."""
+    if bits is None:
+        return x
+    return quantize_forward(x, functools.partial(direct_quantize, bits=bits))
+
+
+def weight_q(w: torch.Tensor, config: WAGEUBNConfig) -> torch.Tensor:
+    """W: ``QC(w, k_W)`` forward, straight-through backward."""
+    if config.weight is None:
+        return w
+    return quantize_forward(w, functools.partial(clipped_direct_quantize, bits=config.weight))
+
+
+def error1(a: torch.Tensor, config: WAGEUBNConfig) -> torch.Tensor:
+    """E1: identity forward; the summed gradient ``dL/da`` becomes ``SQ(dL/da, k_E1)``.
+
+    In ``int8`` arithmetic the clip is ±(1 − 2^(1−k)) so the codes fit int8 (§6).
+    """
+    if config.error1 is None:
+        return a
+    fn = functools.partial(
+        shift_quantize, bits=config.error1, narrow_range=config.arithmetic == "int8"
+    )
+    return quantize_backward(a, fn)
+
+
+def error2(z: torch.Tensor, config: WAGEUBNConfig) -> torch.Tensor:
+    """E2: identity forward; ``dL/dz`` becomes ``FQ(dL/dz, k_E2)``."""
+    if config.error2 is None:
+        return z
+    return quantize_backward(z, functools.partial(flag_quantize, bits=config.error2))

@@ -1,0 +1,185 @@
+"""QSGD: the quantized Momentum SGD update of WAGEUBN (docs/WAGEUBN.md §3).
+
+Per parameter, in exactly this order::
+
+    g    = dL/dp + wd · p               # weight decay before quantization (not on BN by default)
+    G    = CQ(g, k_G, dr)               # quantized conv/linear weights ("weight" role)
+         = Q(g, k_GBN)                  # BN gamma/beta ("bn" role)
+         = g                            # float parameters (stem, classifier, biases)
+    lr_q = QC(lr, k_LR)                 # 10 bits: a multiple of 2^-9; 0 is an error
+    acc  = m · acc + G                  # m = 1/4 by default (a shift)
+    p    = p − lr_q · acc
+    acc  = Q(acc, k_Mom)                # 13 bits   } quantized roles only;
+    p    = Q(p, k_U)                    # 24 bits   } float parameters stay float
+
+Which role a parameter has comes from the ``role`` key of its param group if given, else from the
+tag the quantized layers put on their parameters (``wageubn.nn.ROLE_TAG``), else "float". The
+gradient range ``dr`` is the param-group key ``grad_range`` and can be scheduled like ``lr``.
+
+With the ``fp32`` preset the arithmetic is that of ``torch.optim.SGD(momentum, weight_decay)``
+(dampening 0, no Nesterov) bit for bit.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ..config import WAGEUBNConfig
+from ..nn.quantizers import ROLE_TAG
+from ..quant import (
+    check_grad_range,
+    clipped_direct_quantize,
+    constant_quantize,
+    direct_quantize,
+)
+
+__all__ = ["QSGD", "ROLES", "quantized_lr"]
+
+ROLES = ("weight", "bn", "float")
+
+
+def quantized_lr(lr: float, config: WAGEUBNConfig) -> float:
+    """``QC(lr, k_LR)`` as a Python float; raises ``ValueError`` when it rounds to zero."""
+    if config.lr is None:
+        return float(lr)
+    q = float(clipped_direct_quantize(torch.tensor([float(lr)], dtype=torch.float64), config.lr))
+    if q == 0.0 and lr != 0:
+        step = 2.0 ** (1 - config.lr)
+        raise ValueError(
+            f"lr={lr!r} quantizes to 0 with {config.lr} lr bits (step {step:g}); "
+            f"use lr >= {step / 2:g} or more lr bits (WAGEUBNConfig(lr=...)); the released recipe "
+            "decays the gradient range dr instead of the lr"
+        )
+    return q
+
+
+class QSGD(torch.optim.Optimizer):
+    """Quantized Momentum SGD (WAGEUBN §3).
+
+    Args:
+        params: parameters or param groups (a group may set ``role``: "weight", "bn" or "float").
+        lr: learning rate (quantized to ``config.lr`` bits at every step).
+        momentum: ``m`` in ``acc = m·acc + G``; the paper uses 1/4.
+        weight_decay: added to the gradient before quantization.
+        config: a ``WAGEUBNConfig`` or a preset name (default ``paper``).
+        generator: ``torch.Generator`` for the stochastic rounding of ``CQ``; its state is part of
+            ``state_dict()``. Default: a new generator seeded from the global torch RNG.
+        grad_range: initial ``dr`` (default ``config.grad_range``); per group, schedulable.
+        bn_weight_decay: also decay BN γ/β (off in the released recipe).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.25,
+        weight_decay: float = 1e-4,
+        *,
+        config: WAGEUBNConfig | str = "paper",
+        generator: torch.Generator | None = None,
+        grad_range: int | None = None,
+        bn_weight_decay: bool = False,
+    ) -> None:
+        if isinstance(config, str):
+            config = WAGEUBNConfig.preset(config)
+        if not isinstance(config, WAGEUBNConfig):
+            raise TypeError(f"QSGD: config must be a WAGEUBNConfig, got {type(config).__name__}")
+        for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"QSGD: {name} must be a number, got {value!r}")
+            if not value >= 0:
+                raise ValueError(f"QSGD: {name} must be >= 0, got {value!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError("QSGD: generator must be a torch.Generator")
+        dr = check_grad_range(config.grad_range if grad_range is None else grad_range)
+        self.config = config
+        if generator is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "grad_range": dr,
+            "bn_weight_decay": bn_weight_decay,
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            role = group.get("role")
+            if role is not None and role not in ROLES:
+                raise ValueError(f"QSGD: param group role must be one of {ROLES}, got {role!r}")
+        quantized_lr(lr, config)  # fail at construction, not at the first step
+
+    @staticmethod
+    def role_of(p: torch.Tensor, group: dict[str, Any]) -> str:
+        return group.get("role") or getattr(p, ROLE_TAG, "float")
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        cfg = self.config
+        for gi, group in enumerate(self.param_groups):
+            lr_q = quantized_lr(group["lr"], cfg)
+            dr = check_grad_range(group["grad_range"])
+            m, wd = group["momentum"], group["weight_decay"]
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                role = self.role_of(p, group)
+                g = p.grad
+                if wd != 0 and (role != "bn" or group["bn_weight_decay"]):
+                    g = g.add(p, alpha=wd)
+                try:
+                    g = self._quantize_grad(g, role, dr)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"QSGD: gradient of parameter {pi} of group {gi} (shape "
+                        f"{tuple(p.shape)}, role {role!r}) could not be quantized: {exc}"
+                    ) from None
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if m != 0:
+                    if buf is None:
+                        buf = torch.clone(g).detach()
+                        state["momentum_buffer"] = buf
+                    else:
+                        buf.mul_(m).add_(g)
+                    g = buf
+                p.add_(g, alpha=-lr_q)
+                if role != "float":
+                    if buf is not None and cfg.momentum is not None:
+                        buf.copy_(direct_quantize(buf, cfg.momentum))
+                    if cfg.update is not None:
+                        p.copy_(direct_quantize(p, cfg.update))
+        return loss
+
+    def _quantize_grad(self, g: torch.Tensor, role: str, dr: int) -> torch.Tensor:
+        cfg = self.config
+        if role == "weight" and cfg.grad is not None:
+            return constant_quantize(
+                g, cfg.grad, dr, generator=self.generator, rounding=cfg.grad_rounding
+            )
+        if role == "bn" and cfg.bn_grad is not None:
+            return direct_quantize(g, cfg.bn_grad)
+        return g
+
+    # -- checkpointing: the stochastic-rounding generator is part of the state -----------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["generator_state"] = self.generator.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        gen = state_dict.pop("generator_state", None)
+        super().load_state_dict(state_dict)
+        if gen is not None:
+            self.generator.set_state(gen)
