@@ -1,0 +1,362 @@
+"""Plumbing shared by every data set, and `Batches`: a resumable, deterministic batch stream.
+
+Determinism contract (docs/data.md, "Determinism and resume"):
+
+* Everything random is derived from one integer ``seed`` by hashing a key with it
+  (`derive_seed`), never from torch's global RNG:
+  - the order of epoch ``e`` is ``torch.randperm(N)`` drawn from a generator seeded with
+    ``derive_seed(seed, e, "order")``;
+  - the augmentation of batch ``b`` of epoch ``e`` of an in-memory data set is drawn from a
+    generator seeded with ``derive_seed(seed, e, b, "augment")``;
+  - the augmentation of sample ``i`` in epoch ``e`` of a per-file data set (imagefolder) is drawn
+    from a generator seeded with ``derive_seed(seed, e, "sample", i)``, so it does not depend on
+    ``num_workers`` or on which worker decodes it.
+* ``state_dict() == {"epoch", "position", "seed"}`` names the next batch to be produced: batch
+  ``position`` of epoch ``epoch``. Restoring it with ``load_state_dict`` on a fresh `Batches`
+  yields the same remaining batches, bit for bit, as the uninterrupted stream would have.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import pickle
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import transforms
+
+__all__ = [
+    "Batches",
+    "DatasetNotFoundError",
+    "InMemoryDataset",
+    "derive_seed",
+    "load_pickle",
+    "read_gzip",
+]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are not where we looked; the one-line message says how to get them."""
+
+
+def read_gzip(path: Path) -> bytes:
+    """The decompressed bytes of ``path``; a truncated or non-gzip file is a ValueError."""
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"{path}: not a valid gzip file ({type(e).__name__}: {e}); delete it and get it again"
+        ) from e
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    import _codecs
+
+    allowed = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _codecs.encode,
+    }
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        for name, obj in allowed.items():
+            table[(module, name)] = obj
+    return table
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only builtins and numpy arrays: a data file cannot run code when it is loaded."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # Python 2 pickles (MNIST, CIFAR) hold str bytes
+        self.path, self.table = path, _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.table[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"{self.path}: refusing to load {module}.{name}; only numpy arrays are allowed"
+            ) from None
+
+
+def load_pickle(file: BinaryIO, path: Path) -> Any:
+    """Unpickle a data file that holds only builtins and numpy arrays; anything else, or a
+    truncated or corrupt stream, is a ValueError naming ``path``."""
+    try:
+        return _ArrayUnpickler(file, path).load()
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        OSError,
+        zlib.error,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+    ) as e:
+        raise ValueError(f"{path}: not a valid data pickle ({type(e).__name__}: {e})") from e
+
+
+def derive_seed(*keys: int | str) -> int:
+    """A 63-bit seed from ``keys``, stable across runs, platforms and Python versions (BLAKE2b)."""
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class InMemoryDataset(Dataset):
+    """A whole split held as ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,).
+
+    ``batch(indices, generator=)`` is the fast path: one gather, the vectorized augmentation when
+    ``augment`` is set (random crop from a zero-padded image with ``pad_crop`` pixels per side, and
+    a horizontal flip with probability 1/2 when ``hflip``), an optional bilinear resize to
+    ``image_size``, then ``(x / 255 - mean) / std`` in float32. ``ds[i]`` is ``batch([i])`` with
+    torch's global RNG; use ``batch`` or `Batches` for reproducible augmentation.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        augment: bool = False,
+        pad_crop: int = 0,
+        hflip: bool = False,
+        image_size: int | None = None,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"{name}: images must be uint8 (N, C, H, W), got {images.dtype} "
+                f"{tuple(images.shape)}"
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"{name}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}"
+            )
+        native = images.shape[-1]
+        if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
+            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        self.name, self.split = name, split
+        self.images = images  # (N, C, H, W) uint8
+        self.labels = labels.to(torch.int64)  # (N,) int64
+        self.num_classes = num_classes
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.augment = bool(augment)
+        self.pad_crop, self.hflip = pad_crop, hflip
+        self.image_size = native if image_size is None else image_size
+        self.input_shape = (images.shape[1], self.image_size, self.image_size)
+
+    @property
+    def augmentation(self) -> str:
+        """The training augmentation this data set applies when ``augment=True``, in words."""
+        parts = [f"random-crop(pad={self.pad_crop})"] if self.pad_crop else []
+        parts += ["hflip"] if self.hflip else []
+        return "+".join(parts) or "none"
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch(torch.tensor([index]))
+        return x[0], int(y[0])
+
+    def batch(
+        self, indices: torch.Tensor | Sequence[int], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)``: x float32 (B, C, H, W) normalized, y int64 (B,). Draws only from
+        ``generator`` (torch's global RNG when None), and only when ``augment`` is set."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        if idx.ndim != 1:
+            raise ValueError(
+                f"{self.name}.batch: indices must be 1-D, got shape {tuple(idx.shape)}"
+            )
+        x = self.images[idx]  # (B, C, H, W) uint8
+        if self.augment and (self.pad_crop or self.hflip):
+            x = transforms.random_crop_flip(x, self.pad_crop, self.hflip, generator=generator)
+        x = x.to(torch.float32).div_(255.0)
+        if self.image_size != x.shape[-1]:
+            x = transforms.resize_batch(x, self.image_size)
+        return transforms.normalize(x, self.mean, self.std, inplace=True), self.labels[idx]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"input_shape={self.input_shape}, augment={self.augment})"
+        )
+
+
+class _SeededSamples(Dataset):
+    """Wraps a data set with ``get(index, generator=)``: item ``(i, seed)`` decodes sample ``i``
+    with a generator seeded ``seed``, so augmentation is independent of workers and their order."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        return self.dataset.get(index, generator=_generator(seed))
+
+
+def _seed_from(generator: torch.Generator | int | None, needs_randomness: bool) -> int:
+    if isinstance(generator, torch.Generator):
+        return generator.initial_seed()
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        if generator < 0:
+            raise ValueError(f"Batches: generator seed must be >= 0, got {generator}")
+        return generator
+    if generator is None:
+        if needs_randomness:
+            raise ValueError(
+                "Batches: shuffle or augmentation needs randomness; pass "
+                "generator=torch.Generator().manual_seed(SEED) or an int seed"
+            )
+        return 0
+    raise TypeError(
+        f"Batches: generator must be a torch.Generator, an int seed or None, "
+        f"got {type(generator).__name__}"
+    )
+
+
+class Batches:
+    """Iterable over ``(x, y)`` batches of ``dataset``: resumable mid-epoch and deterministic.
+
+    ``generator`` (a torch.Generator — only its ``initial_seed()`` is used, its state is never
+    advanced — or an int seed) fixes every draw; see the module docstring for the contract.
+    Iterating yields the rest of the current epoch, from batch ``position``, then moves to the next
+    epoch. ``len(batches)`` is the number of batches per epoch. In-memory data sets (with ``batch``)
+    are gathered on the calling thread; others go through a torch DataLoader with ``num_workers``.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | int | None,
+        drop_last: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ValueError(f"Batches: batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"Batches: num_workers must be an int >= 0, got {num_workers!r}")
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shuffle, self.drop_last, self.num_workers = bool(shuffle), bool(drop_last), num_workers
+        self.num_samples = len(dataset)  # type: ignore[arg-type]
+        if len(self) == 0:
+            raise ValueError(
+                f"Batches: {self.num_samples} samples make no batch of {batch_size} "
+                f"with drop_last={drop_last}"
+            )
+        augments = bool(getattr(dataset, "augment", False))
+        self.seed = _seed_from(generator, self.shuffle or augments)
+        self.epoch = 0
+        self.position = 0  # batches of `epoch` already produced
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch; a no-op for the current epoch, so that
+        ``for e in range(start, n): batches.set_epoch(e)`` keeps a restored mid-epoch position."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"Batches.set_epoch: epoch must be an int >= 0, got {epoch!r}")
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "position", "seed"}`` of the next batch (after an epoch: of the next)."""
+        if self.position >= len(self):
+            return {"epoch": self.epoch + 1, "position": 0, "seed": self.seed}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state`` (from `state_dict`); the seed in ``state`` replaces this one's."""
+        if set(state) != {"epoch", "position", "seed"}:
+            raise ValueError(
+                f"Batches.load_state_dict: expected keys epoch, position, seed; got {sorted(state)}"
+            )
+        epoch, position, seed = (int(state[k]) for k in ("epoch", "position", "seed"))
+        if epoch < 0 or seed < 0 or not 0 <= position <= len(self):
+            raise ValueError(
+                f"Batches.load_state_dict: {dict(state)} is out of range for "
+                f"{len(self)} batches per epoch"
+            )
+        self.epoch, self.position, self.seed = epoch, position, seed
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The sample order of ``epoch``: int64 (N,)."""
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        return torch.randperm(
+            self.num_samples, generator=_generator(derive_seed(self.seed, epoch, "order"))
+        )
+
+    def _batch_indices(self, order: torch.Tensor, b: int) -> torch.Tensor:
+        return order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, order = self.epoch, self.order(self.epoch)
+        if hasattr(self.dataset, "batch"):
+            stream = self._in_memory(epoch, order)
+        else:
+            stream = self._data_loader(epoch, order)
+        for b, xy in stream:
+            if self.epoch != epoch:  # set_epoch/load_state_dict during iteration: stop this stream
+                return
+            self.position = b + 1  # counted before the consumer sees it: state_dict() = next batch
+            yield xy
+        if self.epoch == epoch and self.position >= len(self):
+            self.epoch, self.position = epoch + 1, 0
+
+    def _in_memory(self, epoch: int, order: torch.Tensor) -> Iterator[tuple[int, Any]]:
+        for b in range(self.position, len(self)):
+            g = _generator(derive_seed(self.seed, epoch, b, "augment"))
+            yield b, self.dataset.batch(self._batch_indices(order, b), generator=g)  # type: ignore[attr-defined]
+
+    def _data_loader(self, epoch: int, order: torch.Tensor) -> Iterator[tuple[int, Any]]:
+        start = self.position
+        plan = [self._batch_indices(order, b).tolist() for b in range(start, len(self))]
+        if hasattr(self.dataset, "get"):
+            dataset: Dataset = _SeededSamples(self.dataset)
+            plan = [
+                [(i, derive_seed(self.seed, epoch, "sample", i)) for i in batch] for batch in plan
+            ]
+            loader_generator = None
+        else:  # a plain Dataset: its own randomness is seeded per worker from this generator
+            dataset = self.dataset
+            loader_generator = _generator(derive_seed(self.seed, epoch, start, "workers"))
+        loader = DataLoader(
+            dataset, batch_sampler=plan, num_workers=self.num_workers, generator=loader_generator
+        )
+        yield from enumerate(loader, start=start)
