@@ -40,6 +40,7 @@ ROLES: dict[str, tuple[int, str, str]] = {
 }
 
 _ARITHMETIC = ("simulated", "int8")
+_INT8_BACKENDS = ("auto", "cpu", "cuda", "reference", "float")
 _GRAD_ROUNDING = ("stochastic", "nearest")
 # Roles whose tensors are GEMM operands: int8 arithmetic needs them at 8 bits or fewer.
 _INT8_ROLES = ("weight", "activation", "grad", "error1", "error2")
@@ -94,6 +95,10 @@ class WAGEUBNConfig:
     arithmetic: str = "simulated"
     """``"simulated"``: quantized values held in float tensors (``paper``); ``"int8"``: products on
     integer kernels (§6)."""
+    int8_backend: str = "auto"
+    """Products in ``int8`` arithmetic: ``"auto"`` (fast kernels for the device), ``"cpu"``,
+    ``"cuda"``, ``"reference"`` (the int64 oracle) or ``"float"`` (float simulation of the same
+    semantics)."""
     quantize_stem: bool = False
     """Also quantize the first ``Conv2d`` (float in the released code)."""
     quantize_head: bool = False
@@ -124,6 +129,11 @@ class WAGEUBNConfig:
             errors.append(
                 f"arithmetic={self.arithmetic!r} is not one of {_ARITHMETIC}"
                 + _suggest(str(self.arithmetic), _ARITHMETIC)
+            )
+        if self.int8_backend not in _INT8_BACKENDS:
+            errors.append(
+                f"int8_backend={self.int8_backend!r} is not one of {_INT8_BACKENDS}"
+                + _suggest(str(self.int8_backend), _INT8_BACKENDS)
             )
         try:
             check_grad_range(self.grad_range)

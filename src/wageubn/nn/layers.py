@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from .quantizers import error1, error2, forward_q, tag_parameter, weight_q
+from .quantizers import activation_q, error1, error2, tag_parameter, weight_q
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
 
@@ -163,7 +163,7 @@ class QuantReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.activation is None and self.config.error1 is None:
             return F.relu(x)
-        a = forward_q(F.relu(x), self.config.activation)
+        a = activation_q(F.relu(x), self.config)
         return error1(a, self.config)
 
     def extra_repr(self) -> str:

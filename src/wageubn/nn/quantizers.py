@@ -18,13 +18,14 @@ from ..config import WAGEUBNConfig
 from ..quant import (
     clipped_direct_quantize,
     direct_quantize,
+    fit_quantize,
     flag_quantize,
     quantize_backward,
     quantize_forward,
     shift_quantize,
 )
 
-__all__ = ["ROLE_TAG", "error1", "error2", "forward_q", "tag_parameter", "weight_q"]
+__all__ = ["ROLE_TAG", "activation_q", "error1", "error2", "forward_q", "tag_parameter", "weight_q"]
 
 # Parameters of quantized layers carry their role for QSGD: "weight" (CQ gradient) or "bn" (Q gradient).
 ROLE_TAG = "_wageubn_role"
@@ -45,6 +46,15 @@ def forward_q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits is None:
         return x
     return quantize_forward(x, functools.partial(direct_quantize, bits=bits))
+
+
+def activation_q(x: torch.Tensor, config: WAGEUBNConfig) -> torch.Tensor:
+    """A: ``Q(x, k_A)``, or in ``int8`` arithmetic ``fit_quantize`` (codes fit k bits, §6);
+    straight-through backward."""
+    if config.activation is None:
+        return x
+    fn = fit_quantize if config.arithmetic == "int8" else direct_quantize
+    return quantize_forward(x, functools.partial(fn, bits=config.activation))
 
 
 def weight_q(w: torch.Tensor, config: WAGEUBNConfig) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from .rounding import check_bits, pow2_exponent
+from .rounding import check_bits
 
 __all__ = ["IntTensor", "decode", "encode", "min_exponent"]
 
@@ -80,14 +80,9 @@ def min_exponent(x: torch.Tensor, bits: int = 8, *, floor: int | None = None) ->
 
     This only bounds the range; whether ``x`` lies on the ``2^e`` grid is the caller's business.
     """
-    bits = check_bits(bits)
-    r = pow2_exponent(x, "min_exponent input")
-    if r is None:
+    from .functions import range_exponent
+
+    e = range_exponent(x, bits)
+    if e is None:
         return floor
-    amax = float(x.detach().abs().amax())
-    top = 2 ** (bits - 1) - 1
-    # max|x| >= 2^(r−1/2) > top·2^(r−k), so e = r − k is too small: walk up (at most three steps).
-    e = r - bits
-    while amax > top * 2.0**e:
-        e += 1
     return e if floor is None else max(e, floor)

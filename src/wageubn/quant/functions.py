@@ -16,6 +16,7 @@ wrappers are in ``wageubn.quant.autograd``.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -23,7 +24,11 @@ import torch
 from .rounding import check_bits, check_finite, pow2_exponent, stochastic_round
 
 __all__ = [
+    "mul_pow2",
     "clipped_direct_quantize",
+    "fit_exponent",
+    "fit_quantize",
+    "range_exponent",
     "constant_quantize",
     "direct_quantize",
     "flag_quantize",
@@ -34,8 +39,8 @@ __all__ = [
 
 def _q(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Unchecked ``Q(x, k) = round(x·2^(k−1)) / 2^(k−1)``; multiplying by a power of two is exact."""
-    scale = float(2 ** (bits - 1))
-    return torch.round(x * scale) / scale
+    # multiplying by powers of two is exact; in-place on the one temporary saves passes
+    return (x * float(2 ** (bits - 1))).round_().mul_(float(2.0 ** (1 - bits)))
 
 
 def _bound(value: float, x: torch.Tensor) -> float:
@@ -85,6 +90,27 @@ def pow2_scale(x: torch.Tensor) -> torch.Tensor:
     return _scale(x, r)
 
 
+def mul_pow2(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``x · 2^e`` (a new tensor), exact unless the result itself under- or overflows.
+
+    ``2^e`` is applied in pieces that the dtype can hold, largest-magnitude-preserving step first,
+    so that at most the last multiplication rounds.
+    """
+    info = torch.finfo(x.dtype)
+    lo, hi = int(math.log2(info.tiny)), int(math.log2(info.max))
+    steps = []
+    while e > hi:
+        steps.append(hi)
+        e -= hi
+    while e < lo:
+        steps.append(lo)
+        e -= lo
+    y = x * float(2.0**e)  # the in-range remainder first: exact
+    for step in steps:
+        y.mul_(float(2.0**step))
+    return y
+
+
 def _scale(x: torch.Tensor, r: int) -> torch.Tensor:
     """``2^r`` as a 0-dim tensor of ``x``'s dtype (exact: a Python float holds any 2^r we meet)."""
     return torch.tensor(2.0**r, dtype=x.dtype, device=x.device)
@@ -101,9 +127,11 @@ def shift_quantize(x: torch.Tensor, bits: int, *, narrow_range: bool = False) ->
     r = pow2_exponent(x, "shift_quantize input")
     if r is None:
         return torch.zeros_like(x)
-    scale = _scale(x, r)
-    limit = _bound(1.0 - 2.0 ** (1 - bits), x) if narrow_range else 1.0
-    return scale * _q(x / scale, bits).clamp_(-limit, limit)
+    # codes = round(x / R · 2^(k−1)) clipped to ±2^(k−1) (±(2^(k−1) − 1) narrow); value = codes·R/2^(k−1)
+    levels = 2 ** (bits - 1)
+    limit = _bound(levels - 1, x) if narrow_range else float(levels)
+    codes = mul_pow2(x, bits - 1 - r).round_().clamp_(-limit, limit)
+    return mul_pow2(codes, r - (bits - 1))
 
 
 def flag_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -118,15 +146,48 @@ def flag_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     r = pow2_exponent(x, "flag_quantize input")
     if r is None:
         return torch.zeros_like(x)
-    # s = R / 2^(k−1) may underflow the dtype (tiny R), so scale in two exact steps and multiply by
-    # R last: at most one rounding, and only where the exact result itself underflows.
-    R = _scale(x, r)
+    # y = x / s with s = R / 2^(k−1) (exact); fine codes round(|y|·2^(k−1)) ≤ 2^(k−1), coarse codes
+    # round(|y|) ≤ 2^(k−1) − 1; the result is sign(y)·(that in units of s), rounded at most once.
     levels = float(2 ** (bits - 1))
-    y = (x / R) * levels
+    y = mul_pow2(x, bits - 1 - r)
     mag = y.abs()
-    fine = _q(mag, bits).clamp_(0.0, 1.0)
+    fine = (mag * levels).round_().clamp_(0.0, levels).mul_(1.0 / levels)
     coarse = torch.round(mag).clamp_(0.0, _bound(levels - 1, x))
-    return (torch.sign(y) * torch.where(mag < 1.0, fine, coarse) / levels) * R
+    m = torch.where(mag < 1.0, fine, coarse).mul_(torch.sign(y))
+    return mul_pow2(m, r - (bits - 1))
+
+
+def range_exponent(x: torch.Tensor, bits: int) -> int | None:
+    """The smallest ``e`` with ``max|x| <= (2^(k−1) − 1) · 2^e`` (``None`` for an all-zero tensor):
+    the finest power-of-two grid whose ``k``-bit signed codes hold ``x`` without saturation."""
+    bits = check_bits(bits)
+    r = pow2_exponent(x, "range_exponent input")
+    if r is None:
+        return None
+    lo, hi = torch.aminmax(x.detach())
+    amax = max(float(hi), -float(lo))
+    top = float(2 ** (bits - 1) - 1)
+    e = r - bits  # max|x| >= 2^(r−1/2) > top·2^(r−k): too small; walk up (at most three steps)
+    while amax > top * 2.0**e:
+        e += 1
+    return e
+
+
+def fit_exponent(x: torch.Tensor, bits: int) -> int:
+    """The ``int8``-mode exponent of A (§6): ``max(range_exponent(x, k), 1 − k)`` — no saturation,
+    and never finer than the paper's ``2^(1−k)`` grid (where that grid fits, it is used)."""
+    e = range_exponent(x, bits)
+    return 1 - bits if e is None else max(e, 1 - bits)
+
+
+def fit_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """A in ``int8`` mode: ``round(x / 2^e) · 2^e`` with ``e = fit_exponent(x, k)``.
+
+    Equals ``Q(x, k)`` whenever ``max|x| <= 1 − 2^(1−k)``; above that the grid coarsens by powers of
+    two instead of leaving the ``k``-bit code range. Rounding: nearest, ties to even.
+    """
+    e = fit_exponent(x, bits)
+    return mul_pow2(mul_pow2(x, -e).round_(), e)
 
 
 def check_grad_range(dr: object) -> int:
@@ -165,7 +226,7 @@ def constant_quantize(
     r = pow2_exponent(x, "constant_quantize input")
     if r is None:
         return torch.zeros_like(x)
-    v = (x / _scale(x, r)) * float(dr)
+    v = mul_pow2(x, -r).mul_(float(dr))  # x / R(x) first (exact), then times dr
     n = stochastic_round(v, generator) if rounding == "stochastic" else torch.round(v)
     n = n.clamp_(-(dr - 1), dr - 1)
     return n * float(2.0 ** (-2 * (bits - 1)))

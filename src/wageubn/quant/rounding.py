@@ -58,7 +58,10 @@ def check_finite(x: torch.Tensor, what: str = "input") -> None:
         raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())  # one pass, no temporary; both propagate NaN
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
         raise ValueError(
@@ -74,7 +77,8 @@ def _max_abs_checked(x: torch.Tensor, what: str) -> torch.Tensor:
         check_finite(x, what)  # raises the TypeError
     if x.numel() == 0:
         return torch.zeros((), dtype=x.dtype, device=x.device)
-    amax = x.detach().abs().amax()
+    lo, hi = torch.aminmax(x.detach())  # one pass, no |x| temporary; NaN propagates
+    amax = torch.maximum(hi, -lo)
     if not bool(torch.isfinite(amax)):
         check_finite(x, what)
     return amax

@@ -1,0 +1,259 @@
+"""``int8`` arithmetic (docs/WAGEUBN.md §6): conv/linear products on integer codes, both directions.
+
+Every operand of every product is ``code · 2^exponent`` with int8 codes and one integer exponent
+per tensor:
+
+* W: ``QC(W, k_W)`` → codes in ``[−(2^(k−1)−1), 2^(k−1)−1]``, exponent ``1 − k_W``;
+* A (the layer input): ``fit_quantize`` → the smallest exponent ≥ ``1 − k_A`` whose codes hold
+  ``max|a|`` without saturation (a no-op on the output of an ``int8`` ``QuantReLU``);
+* E2 (the output gradient): ``FQ(dL/dz, k_E2)`` as two int8 planes that share ``s = R/2^(k−1)``,
+  coarse codes (steps of ``s``) and fine codes (steps of ``s·2^(1−k)``), each element in exactly
+  one; a product with E2 is two integer products combined exactly as ``2^(k−1)·coarse + fine``.
+
+Forward, input gradient and weight gradient run on ``wageubn.kernels`` (integer accumulation,
+exact), or, with ``int8_backend="float"``, as the float simulation of the same semantics (float32
+products of the decoded values: bit-equal to the integer kernels wherever float32 is exact). The
+tensors saved for backward are the int8 codes of A and W plus their exponents — a quarter of
+float32. The float result of a product is the exact integer accumulator times its power-of-two
+scale, rounded once to float32. The weight gradient leaves the layer in float32 and the optimizer
+applies ``CQ`` (with weight decay added first, §3); its ``R`` and codes equal those of the integer
+accumulator except where float32 cannot hold that accumulator (``|acc| >= 2^24``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import kernels
+from ..config import WAGEUBNConfig
+from ..quant import clipped_direct_quantize, fit_exponent, mul_pow2, pow2_exponent
+
+__all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
+
+
+def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """A: codes and exponent of ``fit_quantize(x, k)``; uint8 when ``x >= 0`` (the output of a
+    ReLU: the kernels' fastest form, same bytes as int8 since codes stay <= 2^(k−1) − 1), else int8."""
+    e = fit_exponent(x, bits)
+    codes = mul_pow2(x.detach(), -e).round_()
+    dtype = torch.uint8 if bool(codes.min() >= 0) else torch.int8
+    return codes.to(dtype), e
+
+
+def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
+    """W: int8 codes of ``QC(w, k)`` and the exponent ``1 − k``."""
+    q = clipped_direct_quantize(w.detach(), bits)
+    return mul_pow2(q, bits - 1).to(torch.int8), 1 - bits
+
+
+def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """E2 = FQ(g, k) as ``(coarse, fine, e)``: int8 planes with ``FQ = coarse·2^e + fine·2^(e−k+1)``.
+
+    ``e = r − (k − 1)`` (``s = 2^e``). A fine code that rounds up to ``2^(k−1)`` (the value ``s``) is
+    stored as coarse code 1, so both planes fit ``±(2^(k−1) − 1)``. ``None`` for an all-zero ``g``.
+    """
+    r = pow2_exponent(g, "error2 input")
+    if r is None:
+        return None
+    levels = float(2 ** (bits - 1))
+    y = mul_pow2(g.detach(), bits - 1 - r)  # g / s, exact
+    mag = y.abs()
+    small = mag < 1.0
+    fine = (mag * levels).round_()
+    coarse = torch.round(mag).clamp_(0.0, levels - 1)
+    promote = small & (fine == levels)
+    sign = torch.sign(y)
+    fine_codes = torch.where(small & ~promote, fine, 0.0).mul_(sign)
+    coarse_codes = torch.where(small, promote.to(y.dtype), coarse).mul_(sign)
+    return coarse_codes.to(torch.int8), fine_codes.to(torch.int8), r - (bits - 1)
+
+
+def _combine(coarse_acc: torch.Tensor, fine_acc: torch.Tensor, bits: int, e: int) -> torch.Tensor:
+    """``(2^(k−1)·coarse + fine) · 2^e`` rounded once to float32 (float64 holds every sum exactly)."""
+    acc = coarse_acc.double().mul_(float(2 ** (bits - 1))).add_(fine_acc.double())
+    return mul_pow2(acc, e).float()
+
+
+# -- the two product engines: integer kernels, or the float simulation of the same semantics -----
+
+
+class _FloatProducts:
+    """Float32 products of decoded codes: the float simulation of the ``int8`` mode."""
+
+    @staticmethod
+    def decode(codes: torch.Tensor, e: int) -> torch.Tensor:
+        return mul_pow2(codes.float(), e)
+
+    def conv_forward(self, a, ea, w, ew, geom):
+        return F.conv2d(self.decode(a, ea), self.decode(w, ew), None, *geom)
+
+    def conv_input(self, planes, w, ew, shape, geom, bits):
+        coarse, fine, e = planes
+        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        return torch.nn.grad.conv2d_input(shape, self.decode(w, ew), err, *geom)
+
+    def conv_weight(self, a, ea, planes, wshape, geom, bits):
+        coarse, fine, e = planes
+        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        return torch.nn.grad.conv2d_weight(self.decode(a, ea), wshape, err, *geom)
+
+    def linear_forward(self, a, ea, w, ew):
+        return F.linear(self.decode(a, ea), self.decode(w, ew))
+
+    def linear_input(self, planes, w, ew, bits):
+        coarse, fine, e = planes
+        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        return err @ self.decode(w, ew)
+
+    def linear_weight(self, a, ea, planes, bits):
+        coarse, fine, e = planes
+        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        return err.t() @ self.decode(a, ea)
+
+
+class _IntegerProducts:
+    """Exact integer products on ``wageubn.kernels``."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def conv_forward(self, a, ea, w, ew, geom):
+        return kernels.conv2d_forward(a, w, *geom, backend=self.backend, out_exponent=ea + ew)
+
+    def conv_input(self, planes, w, ew, shape, geom, bits):
+        coarse, fine, e = planes
+        accs = [
+            kernels.conv2d_input_grad(p, w, shape, *geom, backend=self.backend)
+            for p in (coarse, fine)
+        ]
+        return _combine(*accs, bits, e - bits + 1 + ew)
+
+    def conv_weight(self, a, ea, planes, wshape, geom, bits):
+        coarse, fine, e = planes
+        accs = [
+            kernels.conv2d_weight_grad(a, p, wshape, *geom, backend=self.backend)
+            for p in (coarse, fine)
+        ]
+        return _combine(*accs, bits, e - bits + 1 + ea)
+
+    def linear_forward(self, a, ea, w, ew):
+        return kernels.linear_forward(a, w, backend=self.backend, out_exponent=ea + ew)
+
+    def linear_input(self, planes, w, ew, bits):
+        coarse, fine, e = planes
+        accs = [kernels.linear_input_grad(p, w, backend=self.backend) for p in (coarse, fine)]
+        return _combine(*accs, bits, e - bits + 1 + ew)
+
+    def linear_weight(self, a, ea, planes, bits):
+        coarse, fine, e = planes
+        accs = [kernels.linear_weight_grad(p, a, backend=self.backend) for p in (coarse, fine)]
+        return _combine(*accs, bits, e - bits + 1 + ea)
+
+
+def products(config: WAGEUBNConfig) -> _FloatProducts | _IntegerProducts:
+    """The product engine that ``config.int8_backend`` names."""
+    if config.int8_backend == "float":
+        return _FloatProducts()
+    return _IntegerProducts(config.int8_backend)
+
+
+# -- autograd functions -------------------------------------------------------------------------
+
+
+class _Int8Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, geom, config, engine):  # type: ignore[override]
+        a, ea = activation_codes(x, config.activation)  # (N, C, H, W) int8
+        w, ew = weight_codes(weight, config.weight)  # (O, C/g, kh, kw) int8
+        z = engine.conv_forward(a, ea, w, ew, geom)  # (N, O, Ho, Wo) float32
+        if bias is not None:
+            z = z + bias.view(1, -1, 1, 1)
+        ctx.save_for_backward(a, w)
+        ctx.meta = (ea, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine)
+        ctx.has_bias = bias is not None
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, w = ctx.saved_tensors
+        ea, ew, x_shape, w_shape, geom, config, engine = ctx.meta
+        bits = config.error2
+        planes = error2_planes(grad, bits)
+        dx = dw = db = None
+        if planes is None:
+            dx, dw = grad.new_zeros(x_shape), grad.new_zeros(w_shape)
+        else:
+            if ctx.needs_input_grad[0]:
+                dx = engine.conv_input(planes, w, ew, x_shape, geom, bits)
+            if ctx.needs_input_grad[1]:
+                dw = engine.conv_weight(a, ea, planes, w_shape, geom, bits)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = _decoded_error(planes, bits, grad).sum((0, 2, 3))
+        return dx, dw, db, None, None, None
+
+
+class _Int8Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, config, engine):  # type: ignore[override]
+        a, ea = activation_codes(x, config.activation)  # (M, K) int8
+        w, ew = weight_codes(weight, config.weight)  # (N, K) int8
+        z = engine.linear_forward(a, ea, w, ew)  # (M, N) float32
+        if bias is not None:
+            z = z + bias
+        ctx.save_for_backward(a, w)
+        ctx.meta = (ea, ew, config, engine)
+        ctx.has_bias = bias is not None
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        a, w = ctx.saved_tensors
+        ea, ew, config, engine = ctx.meta
+        bits = config.error2
+        planes = error2_planes(grad, bits)
+        dx = dw = db = None
+        if planes is None:
+            dx, dw = grad.new_zeros(a.shape), grad.new_zeros(w.shape)
+        else:
+            if ctx.needs_input_grad[0]:
+                dx = engine.linear_input(planes, w, ew, bits)
+            if ctx.needs_input_grad[1]:
+                dw = engine.linear_weight(a, ea, planes, bits)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = _decoded_error(planes, bits, grad).sum(0)
+        return dx, dw, db, None, None
+
+
+def _decoded_error(planes, bits: int, like: torch.Tensor) -> torch.Tensor:
+    if planes is None:
+        return torch.zeros_like(like)
+    coarse, fine, e = planes
+    return mul_pow2(coarse.float(), e) + mul_pow2(fine.float(), e - bits + 1)
+
+
+def int8_conv2d(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``QuantConv2d.forward`` in ``int8`` arithmetic."""
+    if module.padding_mode != "zeros":
+        raise NotImplementedError(
+            f"int8 arithmetic supports padding_mode='zeros' only, got {module.padding_mode!r}"
+        )
+    if isinstance(module.padding, str):
+        raise NotImplementedError(
+            f"int8 arithmetic needs numeric padding, got padding={module.padding!r}"
+        )
+    geom = (module.stride, module.padding, module.dilation, module.groups)
+    config = module.config
+    return _Int8Conv2d.apply(x, module.weight, module.bias, geom, config, products(config))
+
+
+def int8_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """``QuantLinear.forward`` in ``int8`` arithmetic (leading dimensions flattened)."""
+    lead = x.shape[:-1]
+    config = module.config
+    z = _Int8Linear.apply(
+        x.reshape(-1, x.shape[-1]), module.weight, module.bias, config, products(config)
+    )
+    return z.reshape(*lead, z.shape[-1])

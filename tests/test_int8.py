@@ -1,0 +1,224 @@
+"""``int8`` arithmetic: codes of every operand, integer kernels ≡ float simulation, int8 tensors
+reaching the products, int8 saved activations."""
+
+from __future__ import annotations
+
+import copy
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import reference as ref
+from wageubn import QSGD, WAGEUBNConfig, kernels, quantize_
+from wageubn.models import create_model
+from wageubn.nn import QuantConv2d, QuantLinear
+from wageubn.nn.int8 import activation_codes, error2_planes, weight_codes
+from wageubn.quant import direct_quantize, fit_exponent, fit_quantize, flag_quantize
+
+EXACT = {"rtol": 0, "atol": 0}
+INT8 = WAGEUBNConfig.preset("int8")
+BACKENDS = [b for b in ("reference", "cpu", "cuda") if b in kernels.available_backends()]
+
+
+def _planes_value(planes, bits):
+    coarse, fine, e = planes
+    return coarse.double() * 2.0**e + fine.double() * 2.0 ** (e - bits + 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(max_dims=3, max_side=7),
+               elements=st.floats(-1e4, 1e4, width=32)),
+    st.sampled_from([2, 4, 8]),
+)  # fmt: skip
+def test_error2_planes_are_flag_quantize(a, bits):
+    g = torch.from_numpy(a)
+    planes = error2_planes(g, bits)
+    if planes is None:
+        assert not g.any()
+        return
+    coarse, fine, _ = planes
+    assert coarse.dtype == fine.dtype == torch.int8
+    top = 2 ** (bits - 1) - 1
+    assert int(coarse.abs().max()) <= top and int(fine.abs().max()) <= top
+    assert not bool(((coarse != 0) & (fine != 0)).any())  # each element in exactly one plane
+    torch.testing.assert_close(_planes_value(planes, bits), flag_quantize(g, bits).double(), **EXACT)
+
+
+def test_error2_promotes_fine_code_128():
+    g = torch.tensor([1.0, 0.999])  # R = 1, s = 1/128: 0.999·128 = 127.9 → y < 1 fine code 128
+    g = torch.tensor([1.0, 1.0 / 128 * 0.999])
+    coarse, fine, e = error2_planes(g, 8)
+    assert e == -7 and fine.tolist() == [0, 0] and coarse.tolist() == [127, 1]
+    torch.testing.assert_close(_planes_value((coarse, fine, e), 8), flag_quantize(g, 8).double(), **EXACT)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.3, 0.99, 1.0, 3.7, 200.0])
+def test_fit_quantize(scale):
+    x = torch.relu(torch.randn(500, generator=torch.Generator().manual_seed(1))) * scale
+    e = fit_exponent(x, 8)
+    y = fit_quantize(x, 8)
+    codes = y.double() * 2.0**-e
+    assert torch.equal(codes, torch.round(codes)) and float(codes.max()) <= 127
+    assert e >= -7 and (e == -7 or float(x.max()) > 127 * 2.0 ** (e - 1))
+    if float(x.max()) <= 127 / 128:
+        torch.testing.assert_close(y, direct_quantize(x, 8), **EXACT)  # the paper grid
+    expect = torch.tensor([float(ref.q(v / ref.F(2) ** e, 1)) for v in ref._values(x)]) * 2.0**e
+    torch.testing.assert_close(y.double(), expect.double(), **EXACT)
+    assert torch.equal(fit_quantize(y, 8), y)  # idempotent
+    codes8, e8 = activation_codes(x, 8)
+    assert codes8.dtype == torch.uint8 and e8 == e
+    torch.testing.assert_close(codes8.double() * 2.0**e, y.double(), **EXACT)
+
+
+def test_weight_codes():
+    w = torch.randn(4, 3, 3, 3) * 0.5
+    codes, e = weight_codes(w, 8)
+    assert codes.dtype == torch.int8 and e == -7 and int(codes.abs().max()) <= 127
+    torch.testing.assert_close(codes.double() * 2.0**-7, ref.clipped_direct(w, 8), **EXACT)
+
+
+def _conv_step(backend, geom=(2, 1), x_scale=1.0, cin=3):
+    torch.manual_seed(0)
+    stride, padding = geom
+    conv = QuantConv2d(cin, 5, 3, stride=stride, padding=padding, bias=True,
+                       config=INT8.replace(int8_backend=backend))  # fmt: skip
+    x = (torch.randn(2, cin, 7, 7) * x_scale).requires_grad_()
+    z = conv(x)
+    g = torch.randn_like(z, generator=None)
+    z.backward(g)
+    return z.detach(), x.grad, conv.weight.grad, conv.bias.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("geom", [(1, 1), (2, 1), (1, 0)])
+@pytest.mark.parametrize("x_scale", [0.5, 30.0])
+def test_conv_integer_kernels_equal_float_simulation(backend, geom, x_scale):
+    """Small layers: every partial sum is below 2^24 in units of the finest grid, so float32 is
+    exact and the float simulation must agree bit for bit with the integer kernels."""
+    a = _conv_step(backend, geom, x_scale)
+    b = _conv_step("float", geom, x_scale)
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u.contiguous(), v.contiguous(), **EXACT)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_integer_kernels_equal_float_simulation(backend):
+    out = []
+    for be in (backend, "float"):
+        torch.manual_seed(0)
+        lin = QuantLinear(9, 4, config=INT8.replace(int8_backend=be))
+        x = torch.randn(3, 2, 9, requires_grad=True)
+        z = lin(x)
+        z.backward(torch.randn_like(z))
+        out.append((z.detach(), x.grad, lin.weight.grad, lin.bias.grad))
+    for u, v in zip(*out, strict=True):
+        torch.testing.assert_close(u, v, **EXACT)
+
+
+def test_int8_forward_is_the_paper_formula_on_the_int8_grid():
+    torch.manual_seed(0)
+    conv = QuantConv2d(3, 4, 3, padding=1, bias=False, config=INT8)
+    x = torch.rand(2, 3, 6, 6) * 0.99  # max < 127/128: A is the paper's Q(x, 8)
+    z = conv(x)
+    expect = F.conv2d(direct_quantize(x, 8), ref.clipped_direct(conv.weight, 8).float(), padding=1)
+    torch.testing.assert_close(z.contiguous(), expect, **EXACT)
+
+
+def _small_step(backend, steps=2):
+    torch.manual_seed(0)
+    cfg = INT8.replace(int8_backend=backend, quantize_stem=True, quantize_head=True)
+    model = quantize_(create_model("small_cnn", width=4), cfg)
+    opt = QSGD(model.parameters(), lr=0.05, config=cfg, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(4, 1, 12, 12, generator=g), torch.randint(0, 10, (4,), generator=g)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return model, loss
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_step_integer_equals_float_simulation(backend):
+    m1, l1 = _small_step(backend)
+    m2, l2 = _small_step("float")
+    torch.testing.assert_close(l1, l2, **EXACT)
+    for (n, p), (_, q) in zip(m1.named_parameters(), m2.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, **EXACT, msg=n)
+
+
+class _ProductDtypes(TorchDispatchMode):
+    """Records the input dtypes of every matmul/convolution op that runs."""
+
+    PRODUCTS = ("convolution", "mm", "addmm", "bmm", "matmul", "_int_mm", "qconv", "qlinear", "linear")
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if any(p == name or name.startswith(p) for p in self.PRODUCTS):
+            dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor) and a.dim() > 1)
+            self.seen.append((str(func), dtypes))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_products_run_on_int8_tensors(backend):
+    """With everything quantized (stem and head too), no float matmul/conv runs in a training step."""
+    torch.manual_seed(0)
+    cfg = INT8.replace(int8_backend=backend, quantize_stem=True, quantize_head=True)
+    model = quantize_(create_model("small_cnn", width=4), cfg)
+    x, y = torch.randn(4, 1, 12, 12), torch.randint(0, 10, (4,))
+    with _ProductDtypes() as mode:
+        F.cross_entropy(model(x), y).backward()
+    assert mode.seen, "no product ops recorded"
+    float_products = [(f, d) for f, d in mode.seen if any(t.is_floating_point for t in d)]
+    assert not float_products, float_products
+    if backend == "reference":  # the oracle widens to int64 before multiplying
+        assert all(not t.is_floating_point for _, d in mode.seen for t in d)
+    else:  # the fast kernels multiply int8/uint8 codes
+        assert all(t in (torch.int8, torch.uint8) for _, d in mode.seen for t in d), mode.seen
+
+
+def test_paper_mode_products_are_float_for_contrast():
+    model = quantize_(create_model("small_cnn", width=4), "paper")
+    with _ProductDtypes() as mode:
+        F.cross_entropy(model(torch.randn(2, 1, 12, 12)), torch.tensor([1, 2])).backward()
+    assert any(torch.float32 in d for _, d in mode.seen)
+
+
+def test_saved_activations_are_int8_codes():
+    conv = QuantConv2d(4, 4, 3, padding=1, bias=False, config=INT8)
+    x = torch.relu(torch.randn(2, 4, 8, 8)).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        conv(x)
+    assert saved and all(t.dtype in (torch.int8, torch.uint8) for t in saved)
+    assert sum(t.numel() * t.element_size() for t in saved) <= (x.numel() + conv.weight.numel())
+
+
+def test_int8_rejects_unsupported_padding_mode():
+    conv = QuantConv2d(2, 2, 3, padding=1, padding_mode="reflect", config=INT8)
+    with pytest.raises(NotImplementedError, match="padding_mode"):
+        conv(torch.randn(1, 2, 5, 5))
+
+
+def test_int8_backend_is_validated():
+    with pytest.raises(ValueError, match="did you mean 'float'"):
+        INT8.replace(int8_backend="flaot")
+
+
+def test_int8_config_copies_are_independent():
+    m = quantize_(create_model("small_cnn", width=4), INT8)
+    m2 = copy.deepcopy(m)
+    assert m2.conv1.config == INT8
