@@ -48,7 +48,9 @@ def test_error2_planes_are_flag_quantize(a, bits):
     top = 2 ** (bits - 1) - 1
     assert int(coarse.abs().max()) <= top and int(fine.abs().max()) <= top
     assert not bool(((coarse != 0) & (fine != 0)).any())  # each element in exactly one plane
-    torch.testing.assert_close(_planes_value(planes, bits), flag_quantize(g, bits).double(), **EXACT)
+    torch.testing.assert_close(
+        _planes_value(planes, bits), flag_quantize(g, bits).double(), **EXACT
+    )
 
 
 def test_error2_promotes_fine_code_128():
@@ -56,7 +58,9 @@ def test_error2_promotes_fine_code_128():
     g = torch.tensor([1.0, 1.0 / 128 * 0.999])
     coarse, fine, e = error2_planes(g, 8)
     assert e == -7 and fine.tolist() == [0, 0] and coarse.tolist() == [127, 1]
-    torch.testing.assert_close(_planes_value((coarse, fine, e), 8), flag_quantize(g, 8).double(), **EXACT)
+    torch.testing.assert_close(
+        _planes_value((coarse, fine, e), 8), flag_quantize(g, 8).double(), **EXACT
+    )
 
 
 @pytest.mark.parametrize("scale", [1e-3, 0.3, 0.99, 1.0, 3.7, 200.0])
@@ -158,7 +162,17 @@ def test_training_step_integer_equals_float_simulation(backend):
 class _ProductDtypes(TorchDispatchMode):
     """Records the input dtypes of every matmul/convolution op that runs."""
 
-    PRODUCTS = ("convolution", "mm", "addmm", "bmm", "matmul", "_int_mm", "qconv", "qlinear", "linear")
+    PRODUCTS = (
+        "convolution",
+        "mm",
+        "addmm",
+        "bmm",
+        "matmul",
+        "_int_mm",
+        "qconv",
+        "qlinear",
+        "linear",
+    )
 
     def __init__(self):
         super().__init__()

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..config import WAGEUBNConfig
 from .layers import _check_config, _move_parameters
+from .observe import tap
 from .quantizers import forward_q, tag_parameter
 
 __all__ = ["QuantBatchNorm2d"]
@@ -69,13 +70,16 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
                 self._update_running_stats(mean.detach(), var.detach(), x.numel() // x.shape[1])
         else:
             mean, var = self.running_mean, self.running_var
-        mean_q = forward_q(mean, cfg.bn_mean)
-        std_q = forward_q(torch.sqrt(var), cfg.bn_std) + cfg.bn_eps
-        xhat = forward_q((x - mean_q[:, None, None]) / std_q[:, None, None], cfg.bn_xhat)
+        obs = tap(self)
+        mean_q = forward_q(mean, cfg.bn_mean, obs, "bn_mean")
+        std_q = forward_q(torch.sqrt(var), cfg.bn_std, obs, "bn_std") + cfg.bn_eps
+        xhat = forward_q(
+            (x - mean_q[:, None, None]) / std_q[:, None, None], cfg.bn_xhat, obs, "bn_xhat"
+        )
         if self.weight is not None:
-            xhat = xhat * forward_q(self.weight, cfg.bn_gamma)[:, None, None]
+            xhat = xhat * forward_q(self.weight, cfg.bn_gamma, obs, "bn_gamma")[:, None, None]
         if self.bias is not None:
-            xhat = xhat + forward_q(self.bias, cfg.bn_beta)[:, None, None]
+            xhat = xhat + forward_q(self.bias, cfg.bn_beta, obs, "bn_beta")[:, None, None]
         return xhat
 
     @torch.no_grad()

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..config import WAGEUBNConfig
 from ..quant import clipped_direct_quantize, fit_exponent, mul_pow2, pow2_exponent
+from .observe import tap
 
 __all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
 
@@ -165,23 +166,25 @@ def products(config: WAGEUBNConfig) -> _FloatProducts | _IntegerProducts:
 
 class _Int8Conv2d(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, geom, config, engine):  # type: ignore[override]
-        a, ea = activation_codes(x, config.activation)  # (N, C, H, W) int8
+    def forward(ctx, x, weight, bias, geom, config, engine, obs):  # type: ignore[override]
+        a, ea = activation_codes(x, config.activation)  # (N, C, H, W) uint8/int8
         w, ew = weight_codes(weight, config.weight)  # (O, C/g, kh, kw) int8
+        _observe_operands(obs, x, a, ea, weight, w, ew, config)
         z = engine.conv_forward(a, ea, w, ew, geom)  # (N, O, Ho, Wo) float32
         if bias is not None:
             z = z + bias.view(1, -1, 1, 1)
         ctx.save_for_backward(a, w)
-        ctx.meta = (ea, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine)
+        ctx.meta = (ea, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
         ctx.has_bias = bias is not None
         return z
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         a, w = ctx.saved_tensors
-        ea, ew, x_shape, w_shape, geom, config, engine = ctx.meta
+        ea, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
         bits = config.error2
         planes = error2_planes(grad, bits)
+        _observe_error(obs, grad, planes, bits)
         dx = dw = db = None
         if planes is None:
             dx, dw = grad.new_zeros(x_shape), grad.new_zeros(w_shape)
@@ -192,28 +195,30 @@ class _Int8Conv2d(torch.autograd.Function):
                 dw = engine.conv_weight(a, ea, planes, w_shape, geom, bits)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = _decoded_error(planes, bits, grad).sum((0, 2, 3))
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 class _Int8Linear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, config, engine):  # type: ignore[override]
-        a, ea = activation_codes(x, config.activation)  # (M, K) int8
+    def forward(ctx, x, weight, bias, config, engine, obs):  # type: ignore[override]
+        a, ea = activation_codes(x, config.activation)  # (M, K) uint8/int8
         w, ew = weight_codes(weight, config.weight)  # (N, K) int8
+        _observe_operands(obs, x, a, ea, weight, w, ew, config)
         z = engine.linear_forward(a, ea, w, ew)  # (M, N) float32
         if bias is not None:
             z = z + bias
         ctx.save_for_backward(a, w)
-        ctx.meta = (ea, ew, config, engine)
+        ctx.meta = (ea, ew, config, engine, obs)
         ctx.has_bias = bias is not None
         return z
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         a, w = ctx.saved_tensors
-        ea, ew, config, engine = ctx.meta
+        ea, ew, config, engine, obs = ctx.meta
         bits = config.error2
         planes = error2_planes(grad, bits)
+        _observe_error(obs, grad, planes, bits)
         dx = dw = db = None
         if planes is None:
             dx, dw = grad.new_zeros(a.shape), grad.new_zeros(w.shape)
@@ -224,7 +229,18 @@ class _Int8Linear(torch.autograd.Function):
                 dw = engine.linear_weight(a, ea, planes, bits)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = _decoded_error(planes, bits, grad).sum(0)
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
+
+
+def _observe_operands(obs, x, a, ea, weight, w, ew, config) -> None:
+    if obs is not None:
+        obs("A", x.detach(), mul_pow2(a.float(), ea), "fit", config.activation)
+        obs("W", weight.detach(), mul_pow2(w.float(), ew), "QC", config.weight)
+
+
+def _observe_error(obs, grad, planes, bits) -> None:
+    if obs is not None:
+        obs("E2", grad.detach(), _decoded_error(planes, bits, grad), "FQ", bits)
 
 
 def _decoded_error(planes, bits: int, like: torch.Tensor) -> torch.Tensor:
@@ -246,7 +262,8 @@ def int8_conv2d(module: Any, x: torch.Tensor) -> torch.Tensor:
         )
     geom = (module.stride, module.padding, module.dilation, module.groups)
     config = module.config
-    return _Int8Conv2d.apply(x, module.weight, module.bias, geom, config, products(config))
+    engine = products(config)
+    return _Int8Conv2d.apply(x, module.weight, module.bias, geom, config, engine, tap(module))
 
 
 def int8_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -254,6 +271,11 @@ def int8_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
     lead = x.shape[:-1]
     config = module.config
     z = _Int8Linear.apply(
-        x.reshape(-1, x.shape[-1]), module.weight, module.bias, config, products(config)
+        x.reshape(-1, x.shape[-1]),
+        module.weight,
+        module.bias,
+        config,
+        products(config),
+        tap(module),
     )
     return z.reshape(*lead, z.shape[-1])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from .observe import tap
 from .quantizers import activation_q, error1, error2, tag_parameter, weight_q
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
@@ -100,8 +101,9 @@ class QuantConv2d(nn.Conv2d):
             from .int8 import int8_conv2d
 
             return int8_conv2d(self, x)
-        z = self._conv_forward(x, weight_q(self.weight, self.config), self.bias)
-        return error2(z, self.config)
+        obs = tap(self)
+        z = self._conv_forward(x, weight_q(self.weight, self.config, obs), self.bias)
+        return error2(z, self.config, obs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
@@ -134,8 +136,9 @@ class QuantLinear(nn.Linear):
             from .int8 import int8_linear
 
             return int8_linear(self, x)
-        z = F.linear(x, weight_q(self.weight, self.config), self.bias)
-        return error2(z, self.config)
+        obs = tap(self)
+        z = F.linear(x, weight_q(self.weight, self.config, obs), self.bias)
+        return error2(z, self.config, obs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
@@ -163,8 +166,9 @@ class QuantReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.activation is None and self.config.error1 is None:
             return F.relu(x)
-        a = activation_q(F.relu(x), self.config)
-        return error1(a, self.config)
+        obs = tap(self)
+        a = activation_q(F.relu(x), self.config, obs)
+        return error1(a, self.config, obs)
 
     def extra_repr(self) -> str:
         return f"A={self.config.activation}, E1={self.config.error1}"

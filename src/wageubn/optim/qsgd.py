@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..config import WAGEUBNConfig
+from ..nn.observe import tap
 from ..nn.quantizers import ROLE_TAG
 from ..quant import (
     check_grad_range,
@@ -134,11 +135,16 @@ class QSGD(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 role = self.role_of(p, group)
+                obs = tap(p)
                 g = p.grad
                 if wd != 0 and (role != "bn" or group["bn_weight_decay"]):
                     g = g.add(p, alpha=wd)
                 try:
-                    g = self._quantize_grad(g, role, dr)
+                    g_q = self._quantize_grad(g, role, dr)
+                    if obs is not None and g_q is not g:
+                        kind, bits = ("CQ", cfg.grad) if role == "weight" else ("Q", cfg.bn_grad)
+                        obs("G", g, g_q, kind, bits, dr=dr)
+                    g = g_q
                 except ValueError as exc:
                     raise ValueError(
                         f"QSGD: gradient of parameter {pi} of group {gi} (shape "
@@ -153,12 +159,18 @@ class QSGD(torch.optim.Optimizer):
                     else:
                         buf.mul_(m).add_(g)
                     g = buf
+                old = p.detach().clone() if obs is not None else None
                 p.add_(g, alpha=-lr_q)
                 if role != "float":
                     if buf is not None and cfg.momentum is not None:
-                        buf.copy_(direct_quantize(buf, cfg.momentum))
+                        acc_q = direct_quantize(buf, cfg.momentum)
+                        if obs is not None:
+                            obs("momentum", buf, acc_q, "Q", cfg.momentum)
+                        buf.copy_(acc_q)
                     if cfg.update is not None:
                         p.copy_(direct_quantize(p, cfg.update))
+                if obs is not None:
+                    obs("U", old, p.detach(), "Q", cfg.update or 32)
         return loss
 
     def _quantize_grad(self, g: torch.Tensor, role: str, dr: int) -> torch.Tensor:
