@@ -236,3 +236,107 @@ def test_int8_config_copies_are_independent():
     m = quantize_(create_model("small_cnn", width=4), INT8)
     m2 = copy.deepcopy(m)
     assert m2.conv1.config == INT8
+
+
+# -- int8 BatchNorm and ReLU: single autograd functions that save integers ---------------------
+
+from wageubn.nn import QuantBatchNorm2d, QuantReLU  # noqa: E402
+from wageubn.nn.int8_elementwise import pack_bits, unpack_bits  # noqa: E402
+from wageubn.quant import shift_quantize  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=70))
+def test_pack_bits_round_trip(bits):
+    mask = torch.tensor(bits)
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == (len(bits) + 7) // 8
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+def _bn_pair(config_int8, config_paper, train=True, seed=0):
+    torch.manual_seed(seed)
+    a = QuantBatchNorm2d(5, config=config_int8)
+    b = QuantBatchNorm2d(5, config=config_paper)
+    with torch.no_grad():
+        for m in (a, b):
+            m.weight.copy_(torch.linspace(0.5, 1.5, 5))
+            m.bias.copy_(torch.linspace(-0.25, 0.25, 5))
+    a.train(train)
+    b.train(train)
+    return a, b
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_int8_bn_forward_equals_paper_formula(train):
+    a, b = _bn_pair(INT8, WAGEUBNConfig.preset("paper"), train)
+    x = torch.randn(4, 5, 6, 6) * 2 + 0.5
+    torch.testing.assert_close(a(x), b(x), **EXACT)
+    torch.testing.assert_close(a.running_mean, b.running_mean, **EXACT)
+    torch.testing.assert_close(a.running_var, b.running_var, **EXACT)
+
+
+def test_int8_bn_backward_is_the_exact_derivative_without_rounding():
+    """With x̂ kept in float (no x̂ rounding) the closed-form backward is the true derivative of
+    the BN formula: it must equal float64 autograd through the same formula."""
+    cfg = INT8.replace(bn_xhat=None, bn_mean=None, bn_std=None, bn_beta=None, bn_gamma=24)
+    bn = QuantBatchNorm2d(3, config=cfg).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+    x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
+    g = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    bn(x).backward(g)
+    x2 = x.detach().clone().requires_grad_()
+    gamma = bn.weight.detach().clone().requires_grad_()
+    beta = bn.bias.detach().clone().requires_grad_()
+    mean = x2.mean((0, 2, 3))
+    std = torch.sqrt(x2.var((0, 2, 3), unbiased=False)) + 2.0**-15
+    y = (x2 - mean[:, None, None]) / std[:, None, None] * gamma[:, None, None] + beta[:, None, None]
+    y.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(bn.weight.grad, gamma.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(bn.bias.grad, beta.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_int8_bn_backward_close_to_paper_autograd(train):
+    """With x̂ rounded to 8 bits the backward uses x̂_q for the unrounded x̂: a bounded change."""
+    a, b = _bn_pair(INT8, WAGEUBNConfig.preset("paper"), train)
+    x = torch.randn(8, 5, 6, 6) * 2 + 0.5
+    g = torch.randn(8, 5, 6, 6)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a(xa).backward(g)
+    b(xb).backward(g)
+    rel = (xa.grad - xb.grad).norm() / xb.grad.norm()
+    assert rel < 0.02, rel
+    torch.testing.assert_close(a.bias.grad, b.bias.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_relu_forward_backward():
+    x = torch.randn(3, 4, 5, 5) * 2
+    x.requires_grad_()
+    a = QuantReLU(config=INT8)(x)
+    torch.testing.assert_close(a, fit_quantize(torch.relu(x.detach()), 8), **EXACT)
+    g = torch.randn_like(a)
+    a.backward(g)
+    torch.testing.assert_close(x.grad, shift_quantize(g, 8, narrow_range=True) * (x > 0), **EXACT)
+
+
+def test_int8_unit_saves_little_for_backward():
+    """BN (int16 x̂) + ReLU (packed mask) + conv (int8 codes): well under float32's 8 bytes."""
+    torch.manual_seed(0)
+    bn, relu = QuantBatchNorm2d(8, config=INT8), QuantReLU(config=INT8)
+    conv = QuantConv2d(8, 8, 3, padding=1, bias=False, config=INT8)
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.numel() > 64:  # skip per-channel statistics and weights
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        conv(relu(bn(x)))
+    per_element = sum(saved.values()) / x.numel()
+    assert per_element <= 3.2, per_element

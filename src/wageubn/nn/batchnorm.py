@@ -61,6 +61,10 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         self._check_input_dim(x)
         cfg = self.config
+        if cfg.arithmetic == "int8":
+            from .int8_elementwise import int8_batch_norm
+
+            return int8_batch_norm(self, x, tap(self))
         use_batch_stats = self.training or self.running_mean is None
         if use_batch_stats:
             dims = (0, 2, 3)

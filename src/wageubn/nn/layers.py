@@ -167,6 +167,10 @@ class QuantReLU(nn.Module):
         if self.config.activation is None and self.config.error1 is None:
             return F.relu(x)
         obs = tap(self)
+        if self.config.arithmetic == "int8":
+            from .int8_elementwise import int8_relu
+
+            return int8_relu(self, x, obs)
         a = activation_q(F.relu(x), self.config, obs)
         return error1(a, self.config, obs)
 
