@@ -1,0 +1,409 @@
+"""Exact integer products for linear and conv2d, all three directions (docs/kernels.md).
+
+Inputs are integer codes: int8 (weights, errors, signed activations) or uint8 (non-negative
+activations). Every function returns the EXACT integer sum of products, as if accumulated in
+int64 (docs/WAGEUBN.md §6):
+
+* ``out_exponent=None``: an integer tensor holding the accumulator, int32 when the bound
+  ``K · max|a| · max|b| <= 2^31 − 1`` holds for the dtypes (255 for uint8, 128 for int8), else
+  int64 (:func:`accumulator_dtype`); ``K`` is the number of products per output element.
+* ``out_exponent=e``: float32 ``acc · 2^e`` rounded once from the exact integer, bit-equal to
+  ``(acc_int64.double() * 2.0**e).float()``.
+
+Backends: ``"reference"`` (int64 loops, the oracle, always present), ``"cpu"`` (oneDNN u8s8
+convolutions and ``torch._int_mm``), ``"cuda"`` (``torch._int_mm`` on im2col). ``"auto"`` picks
+by device and can be pinned with :func:`set_default_backend`. Importing this package compiles
+and probes nothing; the CPU backend checks its kernels' exactness on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from types import ModuleType
+
+import torch
+
+from . import reference
+from .reference import DOUBLE_EXACT, accumulator_bound, accumulator_dtype, conv_out_size
+
+__all__ = [
+    "accumulator_dtype",
+    "available_backends",
+    "conv2d_forward",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "get_default_backend",
+    "linear_forward",
+    "linear_input_grad",
+    "linear_weight_grad",
+    "set_default_backend",
+]
+
+BACKENDS = ("reference", "cpu", "cuda")
+_default_backend = "auto"
+
+IntPair = int | Sequence[int]
+
+
+# -------------------------------------------------------------------------------------- backends
+
+
+def _module(name: str) -> ModuleType:
+    if name == "reference":
+        return reference
+    if name == "cpu":
+        from . import cpu
+
+        return cpu
+    from . import cuda
+
+    return cuda
+
+
+def available_backends() -> list[str]:
+    """Backends that work in this process: always ``"reference"``; ``"cpu"`` where its integer
+    kernels pass the exactness probe; ``"cuda"`` where CUDA is available."""
+    return [name for name in BACKENDS if name == "reference" or _module(name).is_available()]
+
+
+def set_default_backend(name: str) -> None:
+    """Make ``name`` (``"auto"`` or a backend) what ``backend="auto"`` resolves to."""
+    global _default_backend
+    _check_backend_name(name, allow_auto=True)
+    _default_backend = name
+
+
+def get_default_backend() -> str:
+    """The name set by :func:`set_default_backend` (``"auto"`` unless changed)."""
+    return _default_backend
+
+
+def _check_backend_name(name: object, *, allow_auto: bool) -> None:
+    allowed = (("auto",) if allow_auto else ()) + BACKENDS
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a str, one of {allowed}; got {type(name).__name__}")
+    if name not in allowed:
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown backend {name!r}: use one of {allowed}{hint}")
+
+
+def _resolve(backend: str, device: torch.device) -> ModuleType:
+    _check_backend_name(backend, allow_auto=True)
+    name = _default_backend if backend == "auto" else backend
+    if name == "auto":
+        name = "cuda" if device.type == "cuda" else "cpu"
+        if not _module(name).is_available():
+            name = "reference"
+    module = _module(name)
+    if name != "reference" and not module.is_available():
+        raise ValueError(
+            f"backend {name!r} is not available here (available: {available_backends()}); "
+            "pass backend='reference' or 'auto'"
+        )
+    if name == "cpu" and device.type != "cpu":
+        raise ValueError(
+            f"backend 'cpu' got tensors on {device}; move them to the CPU or use backend='auto'"
+        )
+    if name == "cuda" and device.type != "cuda":
+        raise ValueError(
+            f"backend 'cuda' got tensors on {device}; move them to CUDA or use backend='auto'"
+        )
+    return module
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _check_codes(fn: str, name: str, t: object, ndim: int, allow_uint8: bool) -> torch.Tensor:
+    allowed = "int8 or uint8" if allow_uint8 else "int8"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"{fn}: {name} must be a torch.Tensor of {allowed} codes, got {type(t).__name__}"
+        )
+    ok = t.dtype == torch.int8 or (allow_uint8 and t.dtype == torch.uint8)
+    if not ok:
+        raise TypeError(
+            f"{fn}: {name} must hold {allowed} integer codes, got dtype {t.dtype}; quantize it "
+            "first (wageubn.quant) and pass the codes, not the float values"
+        )
+    if t.dim() != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def _pair(fn: str, name: str, v: object, minimum: int) -> tuple[int, int]:
+    if isinstance(v, bool) or not isinstance(v, int | Sequence):
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
+    pair = (v, v) if isinstance(v, int) else tuple(v)
+    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
+        raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _check_exponent(fn: str, out_exponent: object) -> None:
+    if out_exponent is None:
+        return
+    if isinstance(out_exponent, bool) or not isinstance(out_exponent, int):
+        raise TypeError(
+            f"{fn}: out_exponent must be None or an int (the power of two of the "
+            f"float32 output scale), got {out_exponent!r}"
+        )
+
+
+def _check_bound(fn: str, terms: int, a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    if accumulator_bound(terms, a.dtype, b.dtype) >= DOUBLE_EXACT:
+        raise ValueError(f"{fn}: {terms} products per output can exceed 2^53; split the call")
+    return accumulator_dtype(terms, a.dtype, b.dtype)
+
+
+def _same_device(fn: str, a: torch.Tensor, b: torch.Tensor) -> torch.device:
+    if a.device != b.device:
+        raise ValueError(f"{fn}: operands are on {a.device} and {b.device}; put both on one")
+    return a.device
+
+
+def _conv_params(fn, stride, padding, dilation, groups):
+    if isinstance(padding, str):
+        raise ValueError(f"{fn}: string padding {padding!r} is not supported; pass ints")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
+    return (
+        _pair(fn, "stride", stride, 1),
+        _pair(fn, "padding", padding, 0),
+        _pair(fn, "dilation", dilation, 1),
+        groups,
+    )
+
+
+def _check_conv_shapes(fn, n_in, c_in, w_shape, groups, h, wd, stride, padding, dilation):
+    o, cg, kh, kw = w_shape
+    if c_in % groups or o % groups or cg * groups != c_in:
+        raise ValueError(
+            f"{fn}: input channels {c_in}, output channels {o}, weight in-channels {cg} and "
+            f"groups {groups} are inconsistent (need C == weight.shape[1] * groups, O % groups == 0)"
+        )
+    ho = conv_out_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = conv_out_size(wd, kw, stride[1], padding[1], dilation[1])
+    if ho < 1 or wo < 1:
+        raise ValueError(
+            f"{fn}: input {h}x{wd} is smaller than the dilated kernel {kh}x{kw} plus padding"
+        )
+    return ho, wo
+
+
+# ------------------------------------------------------------------------------------------ linear
+
+
+def linear_forward(
+    x: torch.Tensor, w: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+) -> torch.Tensor:
+    """(M, K) int8/uint8 x, (N, K) int8 w → (M, N) = x @ wᵀ, exact (int32/int64 or scaled float32)."""
+    fn = "linear_forward"
+    _check_codes(fn, "x", x, 2, True)
+    _check_codes(fn, "w", w, 2, False)
+    _check_exponent(fn, out_exponent)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"{fn}: x is {tuple(x.shape)} and w is {tuple(w.shape)}; need "
+            "x.shape[1] == w.shape[1] (w is (out_features, in_features))"
+        )
+    out_dtype = _check_bound(fn, x.shape[1], x, w)
+    mod = _resolve(backend, _same_device(fn, x, w))
+    return mod.linear_forward(x, w, out_dtype=out_dtype, out_exponent=out_exponent)
+
+
+def linear_input_grad(
+    e: torch.Tensor, w: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+) -> torch.Tensor:
+    """(M, N) int8 e, (N, K) int8 w → (M, K) = e @ w, exact."""
+    fn = "linear_input_grad"
+    _check_codes(fn, "e", e, 2, False)
+    _check_codes(fn, "w", w, 2, False)
+    _check_exponent(fn, out_exponent)
+    if e.shape[1] != w.shape[0]:
+        raise ValueError(
+            f"{fn}: e is {tuple(e.shape)} and w is {tuple(w.shape)}; need e.shape[1] == w.shape[0]"
+        )
+    out_dtype = _check_bound(fn, e.shape[1], e, w)
+    mod = _resolve(backend, _same_device(fn, e, w))
+    return mod.linear_input_grad(e, w, out_dtype=out_dtype, out_exponent=out_exponent)
+
+
+def linear_weight_grad(
+    e: torch.Tensor, x: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+) -> torch.Tensor:
+    """(M, N) int8 e, (M, K) int8/uint8 x → (N, K) = eᵀ @ x, exact (K-chunked, int64 if needed)."""
+    fn = "linear_weight_grad"
+    _check_codes(fn, "e", e, 2, False)
+    _check_codes(fn, "x", x, 2, True)
+    _check_exponent(fn, out_exponent)
+    if e.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{fn}: e is {tuple(e.shape)} and x is {tuple(x.shape)}; need the "
+            "same number of rows (batch)"
+        )
+    out_dtype = _check_bound(fn, e.shape[0], e, x)
+    mod = _resolve(backend, _same_device(fn, e, x))
+    return mod.linear_weight_grad(e, x, out_dtype=out_dtype, out_exponent=out_exponent)
+
+
+# -------------------------------------------------------------------------------------------- conv
+
+
+def conv2d_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    backend: str = "auto",
+    out_exponent: int | None = None,
+) -> torch.Tensor:
+    """(N, C, H, W) int8/uint8 x, (O, C/g, kh, kw) int8 w → (N, O, Ho, Wo), as ``F.conv2d``.
+
+    Exact; ``K = C/g · kh · kw``. The CPU result is channels_last.
+    """
+    fn = "conv2d_forward"
+    _check_codes(fn, "x", x, 4, True)
+    _check_codes(fn, "w", w, 4, False)
+    _check_exponent(fn, out_exponent)
+    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
+    _check_conv_shapes(
+        fn,
+        x.shape[0],
+        x.shape[1],
+        tuple(w.shape),
+        groups,
+        x.shape[2],
+        x.shape[3],
+        stride,
+        padding,
+        dilation,
+    )
+    out_dtype = _check_bound(fn, w.shape[1] * w.shape[2] * w.shape[3], x, w)
+    mod = _resolve(backend, _same_device(fn, x, w))
+    return mod.conv2d_forward(
+        x, w, stride, padding, dilation, groups, out_dtype=out_dtype, out_exponent=out_exponent
+    )
+
+
+def _full_size(fn: str, name: str, size: object, n: int, c: int) -> tuple[int, int, int, int]:
+    if not isinstance(size, Sequence) or not all(isinstance(s, int) for s in size):
+        raise TypeError(f"{fn}: {name} must be a sequence of ints, got {size!r}")
+    if len(size) == 2:
+        size = (n, c, *size)
+    if len(size) != 4 or tuple(size[:2]) != (n, c):
+        raise ValueError(
+            f"{fn}: {name} must be (N, C, H, W) = ({n}, {c}, H, W) or (H, W), got {tuple(size)}"
+        )
+    return tuple(size)  # type: ignore[return-value]
+
+
+def conv2d_input_grad(
+    e: torch.Tensor,
+    w: torch.Tensor,
+    input_size: Sequence[int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    backend: str = "auto",
+    out_exponent: int | None = None,
+) -> torch.Tensor:
+    """(N, O, Ho, Wo) int8 e, (O, C/g, kh, kw) int8 w → (N, C, H, W), as
+    ``torch.nn.grad.conv2d_input``. Exact; ``K = O/g · kh · kw``. The CPU result is channels_last.
+    """
+    fn = "conv2d_input_grad"
+    _check_codes(fn, "e", e, 4, False)
+    _check_codes(fn, "w", w, 4, False)
+    _check_exponent(fn, out_exponent)
+    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
+    size = _full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * groups)
+    ho, wo = _check_conv_shapes(
+        fn, size[0], size[1], tuple(w.shape), groups, size[2], size[3], stride, padding, dilation
+    )
+    if (e.shape[1], e.shape[2], e.shape[3]) != (w.shape[0], ho, wo):
+        raise ValueError(
+            f"{fn}: e has shape {tuple(e.shape)} but a conv of input {size} with "
+            f"weight {tuple(w.shape)} gives ({size[0]}, {w.shape[0]}, {ho}, {wo})"
+        )
+    out_dtype = _check_bound(fn, (w.shape[0] // groups) * w.shape[2] * w.shape[3], e, w)
+    mod = _resolve(backend, _same_device(fn, e, w))
+    return mod.conv2d_input_grad(
+        e,
+        w,
+        size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+    )
+
+
+def conv2d_weight_grad(
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    backend: str = "auto",
+    out_exponent: int | None = None,
+) -> torch.Tensor:
+    """(N, C, H, W) int8/uint8 x, (N, O, Ho, Wo) int8 e → (O, C/g, kh, kw), as
+    ``torch.nn.grad.conv2d_weight``. Exact; ``K = N · Ho · Wo`` (chunked, int64 when needed).
+    """
+    fn = "conv2d_weight_grad"
+    _check_codes(fn, "x", x, 4, True)
+    _check_codes(fn, "e", e, 4, False)
+    _check_exponent(fn, out_exponent)
+    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
+    if (
+        not isinstance(weight_size, Sequence)
+        or len(weight_size) != 4
+        or not all(isinstance(s, int) and s > 0 for s in weight_size)
+    ):
+        raise ValueError(f"{fn}: weight_size must be (O, C/groups, kh, kw), got {weight_size!r}")
+    weight_size = tuple(weight_size)
+    ho, wo = _check_conv_shapes(
+        fn,
+        x.shape[0],
+        x.shape[1],
+        weight_size,
+        groups,
+        x.shape[2],
+        x.shape[3],
+        stride,
+        padding,
+        dilation,
+    )
+    if tuple(e.shape) != (x.shape[0], weight_size[0], ho, wo):
+        raise ValueError(
+            f"{fn}: e has shape {tuple(e.shape)}, expected "
+            f"({x.shape[0]}, {weight_size[0]}, {ho}, {wo}) for x {tuple(x.shape)} "
+            f"and weight {weight_size}"
+        )
+    out_dtype = _check_bound(fn, e.shape[0] * ho * wo, x, e)
+    mod = _resolve(backend, _same_device(fn, x, e))
+    return mod.conv2d_weight_grad(
+        x,
+        e,
+        weight_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+    )
