@@ -48,9 +48,8 @@ def test_error2_planes_are_flag_quantize(a, bits):
     top = 2 ** (bits - 1) - 1
     assert int(coarse.abs().max()) <= top and int(fine.abs().max()) <= top
     assert not bool(((coarse != 0) & (fine != 0)).any())  # each element in exactly one plane
-    torch.testing.assert_close(
-        _planes_value(planes, bits), flag_quantize(g, bits).double(), **EXACT
-    )
+    # the planes hold the exact value; FQ in float32 is that value rounded once (subnormals)
+    torch.testing.assert_close(_planes_value(planes, bits).float(), flag_quantize(g, bits), **EXACT)
 
 
 def test_error2_promotes_fine_code_128():
