@@ -76,7 +76,7 @@ def test_fit_quantize(scale):
     torch.testing.assert_close(y.double(), expect.double(), **EXACT)
     assert torch.equal(fit_quantize(y, 8), y)  # idempotent
     codes8, e8 = activation_codes(x, 8)
-    assert codes8.dtype == torch.uint8 and e8 == e
+    assert codes8.dtype == torch.int8 and e8 == e
     torch.testing.assert_close(codes8.double() * 2.0**e, y.double(), **EXACT)
 
 
@@ -339,3 +339,37 @@ def test_int8_unit_saves_little_for_backward():
         conv(relu(bn(x)))
     per_element = sum(saved.values()) / x.numel()
     assert per_element <= 3.2, per_element
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grouped_conv_integer_equals_float(backend):
+    out = []
+    for be in (backend, "float"):
+        torch.manual_seed(0)
+        conv = QuantConv2d(
+            4, 6, 3, padding=1, groups=2, bias=False, config=INT8.replace(int8_backend=be)
+        )
+        x = torch.randn(2, 4, 6, 6, requires_grad=True)
+        z = conv(x)
+        z.backward(torch.randn(z.shape, generator=torch.Generator().manual_seed(1)))
+        out.append((z.detach().contiguous(), x.grad.contiguous(), conv.weight.grad))
+    for u, v in zip(*out, strict=True):
+        torch.testing.assert_close(u, v, **EXACT)
+
+
+@pytest.mark.parametrize("channels", [4, 130])
+def test_input_gradient_fast_and_exact_paths_agree(channels):
+    """K·127·max|code| < 2^24 takes the fused float32 path, larger K the float64 combination:
+    both must equal the exact integer result rounded once (computed here from int64 oracles)."""
+    from wageubn.nn.int8 import _IntegerProducts
+
+    torch.manual_seed(0)
+    w = torch.randint(-127, 128, (channels, 3, 3, 3), dtype=torch.int8)
+    g = torch.randn(2, channels, 5, 5)
+    planes = error2_planes(g, 8)
+    got = _IntegerProducts("reference").conv_input(planes, w, -7, (2, 3, 5, 5), (1, 1, 1, 1), 8)
+    coarse, fine, e = planes
+    acc = [kernels.conv2d_input_grad(p, w, (2, 3, 5, 5), 1, 1, backend="reference").long()
+           for p in (coarse, fine)]  # fmt: skip
+    exact = ((acc[0] * 128 + acc[1]).double() * 2.0 ** (e - 7 - 7)).float()
+    torch.testing.assert_close(got.contiguous(), exact, **EXACT)

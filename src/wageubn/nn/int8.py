@@ -29,19 +29,34 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..config import WAGEUBNConfig
-from ..quant import clipped_direct_quantize, fit_exponent, mul_pow2, pow2_exponent
+from ..quant import clipped_direct_quantize, mul_pow2, pow2_exponent
+from ..quant.functions import range_exponent_of
+from ..quant.rounding import finite_minmax
 from .observe import tap
 
 __all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
 
 
 def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """A: codes and exponent of ``fit_quantize(x, k)``; uint8 when ``x >= 0`` (the output of a
-    ReLU: the kernels' fastest form, same bytes as int8 since codes stay <= 2^(k−1) − 1), else int8."""
-    e = fit_exponent(x, bits)
-    codes = mul_pow2(x.detach(), -e).round_()
-    dtype = torch.uint8 if bool(codes.min() >= 0) else torch.int8
-    return codes.to(dtype), e
+    """A: int8 codes and exponent of ``fit_quantize(x, k)`` (codes within ±(2^(k−1) − 1)).
+
+    Kept as int8 even when non-negative: the weight gradient then stays in int32 for twice the
+    ``K`` of uint8 (``K·127·127`` instead of ``K·255·127`` below 2^31). One min/max pass gives the
+    exponent and whether the codes are non-negative (``_as_input``)."""
+    cached = getattr(x, "_wageubn_codes", None)
+    if cached is not None and cached[2] == bits:
+        return cached[0], cached[1]
+    lo, hi = finite_minmax(x, "int8 activation")
+    e = range_exponent_of(max(hi, -lo), bits)
+    e = 1 - bits if e is None else max(e, 1 - bits)
+    codes = mul_pow2(x.detach(), -e).round_().to(torch.int8)
+    return codes, e
+
+
+def _as_input(a: torch.Tensor) -> torch.Tensor:
+    """Non-negative int8 codes (0..127, a ReLU output) viewed as uint8 — the same bytes, and the
+    oneDNN forward's fastest input; signed codes stay int8."""
+    return a.view(torch.uint8) if bool(a.min() >= 0) else a
 
 
 def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
@@ -60,16 +75,36 @@ def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     if r is None:
         return None
     levels = float(2 ** (bits - 1))
-    y = mul_pow2(g.detach(), bits - 1 - r)  # g / s, exact
-    mag = y.abs()
-    small = mag < 1.0
-    fine = (mag * levels).round_()
-    coarse = torch.round(mag).clamp_(0.0, levels - 1)
-    promote = small & (fine == levels)
-    sign = torch.sign(y)
-    fine_codes = torch.where(small & ~promote, fine, 0.0).mul_(sign)
-    coarse_codes = torch.where(small, promote.to(y.dtype), coarse).mul_(sign)
-    return coarse_codes.to(torch.int8), fine_codes.to(torch.int8), r - (bits - 1)
+    # f = round(g/s · 2^(k−1)) and c = round(g/s): round-half-even is odd-symmetric, so signed
+    # rounding equals FQ's sign · round(|y|). |f| < 2^(k−1) ⟺ fine regime (|y| < 1, not rounding up
+    # to s); else coarse, where c = ±1 also covers the fine codes that round up to ±2^(k−1).
+    f = mul_pow2(g.detach(), 2 * (bits - 1) - r).round_()
+    c = mul_pow2(g.detach(), bits - 1 - r).round_().clamp_(-(levels - 1), levels - 1)
+    coarse_regime = f.abs() >= levels
+    fine_codes = f.masked_fill_(coarse_regime, 0.0).to(torch.int8)
+    coarse_codes = c.masked_fill_(~coarse_regime, 0.0).to(torch.int8)
+    return coarse_codes, fine_codes, r - (bits - 1)
+
+
+def _max_abs_code(t: torch.Tensor) -> int:
+    lo, hi = torch.aminmax(t)
+    return max(int(hi), -int(lo))
+
+
+def _two_plane_product(product, planes, other_max: int, k: int, bits: int, e_other: int):
+    """``(2^(k−1)·P(coarse) + P(fine))·2^e`` rounded once to float32, for an integer product ``P``.
+
+    When both accumulators are bounded below 2^24 (``K · max|plane| · max|other|``), each converts
+    to float32 exactly inside the kernel (``out_exponent``) and one float32 addition is the single
+    rounding of the exact sum; otherwise the exact integer accumulators are combined in float64.
+    """
+    coarse, fine, e = planes
+    e_fine = e - bits + 1 + e_other
+    bound = k * other_max * max(_max_abs_code(coarse), _max_abs_code(fine))
+    # n·2^e with |n| < 2^24 is a float32 exactly when e >= −149 (the subnormal spacing)
+    if bound < 2**24 and e_fine >= -149:
+        return product(coarse, e_fine + bits - 1) + product(fine, e_fine)
+    return _combine(product(coarse, None), product(fine, None), bits, e_fine)
 
 
 def _combine(coarse_acc: torch.Tensor, fine_acc: torch.Tensor, bits: int, e: int) -> torch.Tensor:
@@ -122,31 +157,45 @@ class _IntegerProducts:
         self.backend = backend
 
     def conv_forward(self, a, ea, w, ew, geom):
-        return kernels.conv2d_forward(a, w, *geom, backend=self.backend, out_exponent=ea + ew)
+        return kernels.conv2d_forward(
+            _as_input(a), w, *geom, backend=self.backend, out_exponent=ea + ew
+        )
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
-        coarse, fine, e = planes
-        accs = [
-            kernels.conv2d_input_grad(p, w, shape, *geom, backend=self.backend)
-            for p in (coarse, fine)
-        ]
-        return _combine(*accs, bits, e - bits + 1 + ew)
+        def product(plane, out_exponent):
+            return kernels.conv2d_input_grad(
+                plane, w, shape, *geom, backend=self.backend, out_exponent=out_exponent
+            )
+
+        k = (w.shape[0] // geom[3]) * w.shape[2] * w.shape[3]
+        return _two_plane_product(product, planes, _max_abs_code(w), k, bits, ew)
 
     def conv_weight(self, a, ea, planes, wshape, geom, bits):
+        # one GEMM over both planes side by side (2·O outputs) shares the im2col of A
         coarse, fine, e = planes
-        accs = [
-            kernels.conv2d_weight_grad(a, p, wshape, *geom, backend=self.backend)
-            for p in (coarse, fine)
-        ]
+        if geom[3] == 1:
+            both = torch.cat([coarse, fine], dim=1)
+            acc = kernels.conv2d_weight_grad(
+                a, both, (2 * wshape[0], *wshape[1:]), *geom, backend=self.backend
+            )
+            accs = acc[: wshape[0]], acc[wshape[0] :]
+        else:  # groups split the output channels: the planes cannot sit side by side
+            accs = [
+                kernels.conv2d_weight_grad(a, p, wshape, *geom, backend=self.backend)
+                for p in (coarse, fine)
+            ]
         return _combine(*accs, bits, e - bits + 1 + ea)
 
     def linear_forward(self, a, ea, w, ew):
-        return kernels.linear_forward(a, w, backend=self.backend, out_exponent=ea + ew)
+        return kernels.linear_forward(_as_input(a), w, backend=self.backend, out_exponent=ea + ew)
 
     def linear_input(self, planes, w, ew, bits):
-        coarse, fine, e = planes
-        accs = [kernels.linear_input_grad(p, w, backend=self.backend) for p in (coarse, fine)]
-        return _combine(*accs, bits, e - bits + 1 + ew)
+        def product(plane, out_exponent):
+            return kernels.linear_input_grad(
+                plane, w, backend=self.backend, out_exponent=out_exponent
+            )
+
+        return _two_plane_product(product, planes, _max_abs_code(w), w.shape[0], bits, ew)
 
     def linear_weight(self, a, ea, planes, bits):
         coarse, fine, e = planes

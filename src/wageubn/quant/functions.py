@@ -21,7 +21,14 @@ import numbers
 
 import torch
 
-from .rounding import check_bits, check_finite, pow2_exponent, stochastic_round
+from .rounding import (
+    check_bits,
+    check_finite,
+    finite_minmax,
+    pow2_exponent,
+    round_log2,
+    stochastic_round,
+)
 
 __all__ = [
     "mul_pow2",
@@ -161,11 +168,15 @@ def range_exponent(x: torch.Tensor, bits: int) -> int | None:
     """The smallest ``e`` with ``max|x| <= (2^(k−1) − 1) · 2^e`` (``None`` for an all-zero tensor):
     the finest power-of-two grid whose ``k``-bit signed codes hold ``x`` without saturation."""
     bits = check_bits(bits)
-    r = pow2_exponent(x, "range_exponent input")
+    lo, hi = finite_minmax(x, "range_exponent input")
+    return range_exponent_of(max(hi, -lo), bits)
+
+
+def range_exponent_of(amax: float, bits: int) -> int | None:
+    """``range_exponent`` from a known ``max|x|``."""
+    r = round_log2(amax)
     if r is None:
         return None
-    lo, hi = torch.aminmax(x.detach())
-    amax = max(float(hi), -float(lo))
     top = float(2 ** (bits - 1) - 1)
     e = r - bits  # max|x| >= 2^(r−1/2) > top·2^(r−k): too small; walk up (at most three steps)
     while amax > top * 2.0**e:

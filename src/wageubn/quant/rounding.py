@@ -20,7 +20,9 @@ __all__ = [
     "MIN_BITS",
     "check_bits",
     "check_finite",
+    "finite_minmax",
     "pow2_exponent",
+    "round_log2",
     "stochastic_round",
 ]
 
@@ -71,6 +73,18 @@ def check_finite(x: torch.Tensor, what: str = "input") -> None:
         )
 
 
+def finite_minmax(x: torch.Tensor, what: str = "input") -> tuple[float, float]:
+    """``(min x, max x)`` in one pass, raising ``ValueError`` on NaN/Inf; ``(0, 0)`` if empty."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        check_finite(x, what)  # raises the TypeError
+    if x.numel() == 0:
+        return 0.0, 0.0
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        check_finite(x, what)
+    return lo, hi
+
+
 def _max_abs_checked(x: torch.Tensor, what: str) -> torch.Tensor:
     """``max|x|`` as a 0-dim tensor, raising on NaN/Inf (``amax`` propagates NaN, so one pass)."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -90,12 +104,15 @@ def pow2_exponent(x: torch.Tensor, what: str = "input") -> int | None:
     Exact: with ``max|x| = m·2^e`` (``m`` in ``[1/2, 1)``), ``round(log2) = e`` if ``m > sqrt(1/2)``
     else ``e − 1``. Raises ``ValueError`` for NaN/Inf.
     """
-    amax = _max_abs_checked(x, what)
-    if float(amax) == 0.0:
+    return round_log2(float(_max_abs_checked(x, what)))
+
+
+def round_log2(amax: float) -> int | None:
+    """``round(log2(amax))`` exactly for a finite ``amax >= 0`` (``None`` for 0); see ``pow2_exponent``."""
+    if amax == 0.0:
         return None
-    mantissa, exponent = torch.frexp(amax.double())
-    e = int(exponent)
-    return e if float(mantissa) > _SQRT_HALF else e - 1
+    mantissa, e = math.frexp(amax)
+    return e if mantissa > _SQRT_HALF else e - 1
 
 
 def stochastic_round(v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
