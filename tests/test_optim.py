@@ -149,7 +149,7 @@ def test_lr_quantizing_to_zero_is_an_error():
     p = nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match=r"lr=0\.0005 quantizes to 0 with 10 lr bits"):
         QSGD([p], lr=0.0005, config="paper")
-    opt = QSGD([p], lr=0.05, config="paper")
+    opt = QSGD([{"params": [p], "role": "weight"}], lr=0.05, config="paper")
     opt.param_groups[0]["lr"] = 1e-4
     p.grad = torch.ones(2)
     with pytest.raises(ValueError, match="quantizes to 0"):
@@ -180,3 +180,23 @@ def test_bad_arguments():
         QSGD([p], lr=0.1, generator=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="did you mean"):
         QSGD([p], lr=0.1, config="fp23")
+
+
+def test_roles_survive_deepcopy_and_pickle():
+    import io
+    import pickle
+
+    model = quantize_(create_model("small_cnn", width=4), "paper")
+    for clone in (copy.deepcopy(model), pickle.load(io.BytesIO(pickle.dumps(model)))):
+        assert getattr(clone.conv1.weight, ROLE_TAG) == "weight"
+        assert getattr(clone.bn2.bias, ROLE_TAG) == "bn"
+        assert not hasattr(clone.stem.weight, ROLE_TAG)
+
+
+def test_quantizing_optimizer_without_quantized_parameters_is_an_error():
+    model = create_model("small_cnn", width=4)  # forgot quantize_
+    opt = QSGD(model.parameters(), lr=0.05, config="paper")
+    x, y = _data()
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(ValueError, match="found no quantized parameter.*quantize_"):
+        opt.step()

@@ -56,6 +56,12 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
         tag_parameter(mod.bias, None)
         return mod
 
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
+        super().__setstate__(state)
+        tag_parameter(self.weight, "bn")
+        tag_parameter(self.bias, "bn")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.config.bn_quantized:
             return super().forward(x)

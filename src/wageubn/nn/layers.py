@@ -96,6 +96,11 @@ class QuantConv2d(nn.Conv2d):
         tag_parameter(mod.weight, None)
         return mod
 
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
+        super().__setstate__(state)
+        tag_parameter(self.weight, "weight")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":
             from .int8 import int8_conv2d
@@ -130,6 +135,11 @@ class QuantLinear(nn.Linear):
         _move_parameters(self, mod)
         tag_parameter(mod.weight, None)
         return mod
+
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
+        super().__setstate__(state)
+        tag_parameter(self.weight, "weight")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":

@@ -127,6 +127,7 @@ class QSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         cfg = self.config
+        self._check_roles()
         for gi, group in enumerate(self.param_groups):
             lr_q = quantized_lr(group["lr"], cfg)
             dr = check_grad_range(group["grad_range"])
@@ -172,6 +173,19 @@ class QSGD(torch.optim.Optimizer):
                 if obs is not None:
                     obs("U", old, p.detach(), "Q", cfg.update or 32)
         return loss
+
+    def _check_roles(self) -> None:
+        """A quantizing config with no quantized parameter at all is a mistake, not a float run."""
+        if self.config.grad is None and self.config.bn_grad is None and self.config.update is None:
+            return
+        for group in self.param_groups:
+            if any(self.role_of(p, group) != "float" for p in group["params"]):
+                return
+        raise ValueError(
+            f"QSGD(config={self.config.name!r}) found no quantized parameter (none tagged by a "
+            "wageubn.nn layer and no param group with a 'role'): call quantize_(model, config) "
+            "before building the optimizer, or use config='fp32'"
+        )
 
     def _quantize_grad(self, g: torch.Tensor, role: str, dr: int) -> torch.Tensor:
         cfg = self.config
