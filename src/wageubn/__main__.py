@@ -1,0 +1,6 @@
+"""``python -m wageubn`` is the ``wageubn`` command (wageubn.cli)."""
+
+from .cli import console_main
+
+if __name__ == "__main__":
+    console_main()

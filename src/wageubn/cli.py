@@ -1,0 +1,203 @@
+"""The ``wageubn`` command line: argparse subcommands whose commands are plain functions.
+
+    wageubn train CONFIG.yaml [--dotted.key VALUE ...] [--resume RUN_DIR_or_CKPT]
+    wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N]
+    wageubn list-models
+    wageubn plot RUN [RUN ...] [--out curves.png] [--x epoch|step]
+
+Adding a command (docs/training.md, "Adding a command"): write a module with
+
+    def add_parser(subparsers) -> None:
+        p = subparsers.add_parser("export", help="...")
+        p.add_argument(...)
+        p.set_defaults(func=export_command)      # export_command(args) -> int (exit status)
+
+and list the module in `COMMAND_MODULES`. Import heavy or optional dependencies inside the
+command function, not at module level, so that ``wageubn --help`` stays fast and works without
+them. A command reports a user error by raising `UsageError` (or any exception type in its
+module's optional ``USER_ERRORS`` tuple): ``main`` prints it as one line on stderr and returns 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["COMMAND_MODULES", "UsageError", "console_main", "main"]
+
+# Modules that register subcommands, in --help order. Each exposes add_parser(subparsers).
+COMMAND_MODULES: tuple[str, ...] = ("wageubn.cli",)
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line instead of usage + message
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# -- the built-in commands ------------------------------------------------------------------------
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .train import load_run_config, train
+    from .train.loop import config_from_checkpoint
+    from .train.progress import LogProgress, ProgressBar
+
+    if args.config is None and args.resume is None:
+        raise UsageError("wageubn train: give a CONFIG.yaml, or --resume RUN_DIR")
+    if args.config is not None:
+        cfg = load_run_config(args.config, args.overrides)
+    else:
+        cfg = config_from_checkpoint(args.resume, args.overrides)
+    _configure_logging()
+    if sys.stderr.isatty() and not args.no_progress:
+        progress = ProgressBar(sys.stderr)
+    else:
+        progress = LogProgress(cfg.train.log_every)
+    result = train(cfg, resume=args.resume, progress=progress, command=["wageubn", *args.argv])
+    ev = result["eval"]
+    summary = f"{result['status']} after {result['step']} steps; run directory {result['run_dir']}"
+    if ev is not None:
+        summary += f"; {ev['split']} accuracy {ev['acc']:.4f} loss {ev['loss']:.4f}"
+    print(summary)
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from .train import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, args.split, root=args.root, batch_size=args.batch_size)
+    print(
+        f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
+        f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
+    )
+    return 0
+
+
+def list_models_command(args: argparse.Namespace) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from .train.plots import plot_runs
+
+    out = plot_runs(args.runs, args.out, x=args.x)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register train, eval, list-models and plot."""
+    p = subparsers.add_parser("train", help="train a model from a YAML run config")
+    p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
+    p.add_argument("--resume", metavar="RUN_DIR_or_CKPT", help="continue from a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="log lines even on a terminal")
+    p.set_defaults(func=train_command, takes_overrides=True)
+    p.epilog = "Any config key can be overridden: --optim.lr 0.0625 --train.epochs 2"
+
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint on a data split")
+    p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (its last.pt)")
+    p.add_argument("--split", default=None, help="default: the run's data.eval_split")
+    p.add_argument("--root", default=None, help="data root (default: the run's data.root)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(func=eval_command)
+
+    p = subparsers.add_parser("list-models", help="names accepted by model.name")
+    p.set_defaults(func=list_models_command)
+
+    p = subparsers.add_parser("plot", help="training curves of one or more runs as a PNG")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--out", default="curves.png", help="PNG file to write (default curves.png)")
+    p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="eval x axis")
+    p.set_defaults(func=plot_command)
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull ``--dotted.key VALUE`` / ``--dotted.key=VALUE`` tokens out of ``argv``."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        key = token[2:].partition("=")[0]
+        if token.startswith("--") and "." in key and not token[2:3].isdigit():
+            overrides.append(token)
+            if "=" not in token:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"override {token} needs a value")
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            rest.append(token)
+        i += 1
+    return rest, overrides
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
+    """The parser with every command module registered, and the user-error types they declare."""
+    parser = _Parser(prog="wageubn", description="WAGEUBN full 8-bit integer training")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    user_errors: tuple[type[BaseException], ...] = ()
+    for name in COMMAND_MODULES:
+        module = sys.modules[__name__] if name == __name__ else importlib.import_module(name)
+        module.add_parser(subparsers)
+        user_errors += tuple(getattr(module, "USER_ERRORS", ()))
+    return parser, user_errors
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error)."""
+    from .data import DatasetNotFoundError
+    from .train import CheckpointError, RunConfigError, TrainingError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
+    try:
+        parser, extra = build_parser()
+        user_errors += extra
+        rest, overrides = _split_overrides(argv)
+        args = parser.parse_args(rest)
+        if overrides and not getattr(args, "takes_overrides", False):
+            raise UsageError(f"wageubn {args.command}: unexpected argument {overrides[0]}")
+        args.overrides, args.argv = overrides, argv
+        return int(args.func(args))
+    except user_errors as exc:
+        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except TrainingError as exc:
+        print(f"wageubn: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("wageubn: interrupted; continue with wageubn train --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:
+    """Entry point of the ``wageubn`` console script."""
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Training: run configs, the loop, checkpoints, metrics and plots (docs/training.md).
+
+>>> from wageubn.train import load_run_config, train
+>>> result = train(load_run_config("configs/mnist_cnn_paper.yaml", ["--train.max_steps", "20"]))
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .loop import TrainingError, evaluate, evaluate_checkpoint, train
+from .runconfig import RunConfig, RunConfigError, load_run_config
+from .schedule import PiecewiseConstant, Schedule
+
+__all__ = [
+    "CheckpointError",
+    "PiecewiseConstant",
+    "RunConfig",
+    "RunConfigError",
+    "Schedule",
+    "TrainingError",
+    "evaluate",
+    "evaluate_checkpoint",
+    "load_checkpoint",
+    "load_run_config",
+    "train",
+]

@@ -1,0 +1,171 @@
+"""Checkpoints: atomic writes, a content checksum, safe loading, one-line errors.
+
+A checkpoint is a dict of tensors and plain Python values (loadable with
+``torch.load(path, weights_only=True)``)::
+
+    format            "wageubn-checkpoint"
+    version           1
+    model             model.state_dict()  (BN running statistics included)
+    optimizer         QSGD.state_dict()   (momentum buffers + the stochastic-rounding generator state)
+    batches           Batches.state_dict() of the training stream: the next batch to draw
+    rng               {"torch": torch.get_rng_state()}  (uint8 tensor)
+    epoch, step       the next epoch to run (0-based) and optimizer steps done
+    schedule          {"epoch", "lr", "grad_range"} at the time of saving
+    accumulators      running sums of the current log window and epoch (so metrics resume exactly)
+    best_acc          best eval accuracy so far (None before the first evaluation)
+    run_config        RunConfig.to_dict()
+    versions          {"wageubn", "torch"}
+    checksum          SHA-256 over everything above (bit rot and partial writes are detected)
+
+Writes go to a temporary file in the same directory, are fsync'ed, then ``os.replace``d over the
+target, so a crash leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "serialize_checkpoint",
+]
+
+FORMAT = "wageubn-checkpoint"
+VERSION = 1
+_REQUIRED = (
+    "model",
+    "optimizer",
+    "batches",
+    "rng",
+    "epoch",
+    "step",
+    "accumulators",
+    "run_config",
+    "checksum",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt or belongs to a different run (one line)."""
+
+
+def _digest(obj: Any, h: Any) -> None:
+    """Feed a canonical encoding of ``obj`` (dicts by sorted key, tensors by raw bytes) to ``h``."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"D%d" % len(obj))
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _digest(obj[key], h)
+    elif isinstance(obj, list | tuple):
+        h.update(b"L%d" % len(obj))
+        for item in obj:
+            _digest(item, h)
+    else:
+        h.update(repr(obj).encode())
+
+
+def checksum(payload: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    _digest({k: v for k, v in payload.items() if k != "checksum"}, h)
+    return h.hexdigest()
+
+
+def serialize_checkpoint(payload: dict[str, Any]) -> bytes:
+    """``payload`` plus format, version and checksum, as the bytes of a ``torch.save`` file."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    payload["checksum"] = checksum(payload)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the data itself is synced
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or ``RUN_DIR/last.pt`` for a run directory."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        candidate = path / "last.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path}: run directory has no last.pt to resume from")
+        return candidate
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and verify a checkpoint (``weights_only=True``: no code runs while loading).
+
+    Raises `CheckpointError` with one line naming the file and the problem.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        unsafe = [ln for ln in lines if "WeightsUnpickler error" in ln]
+        if unsafe:  # a pickled object that weights_only loading refuses: not our format
+            raise CheckpointError(f"{path}: not a plain wageubn checkpoint ({unsafe[0]})") from None
+        first = lines[0] if lines else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({first}); resume from an earlier copy "
+            "or start the run again"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wageubn checkpoint (no format={FORMAT!r} marker)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {payload.get('version')!r} is not supported "
+            f"(this wageubn reads version {VERSION})"
+        )
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if checksum(payload) != payload["checksum"]:
+        raise CheckpointError(
+            f"{path}: checksum mismatch, the file is corrupt; resume from an earlier copy "
+            "or start the run again"
+        )
+    return payload

@@ -1,0 +1,588 @@
+"""The training loop: ``train(run_config) -> result`` and ``evaluate_checkpoint(path)``.
+
+One run::
+
+    model  = quantize_(create_model(name, num_classes, in_channels), WAGEUBNConfig)
+    opt    = QSGD(..., generator=seeded)            # stochastic rounding of G, saved in checkpoints
+    for each epoch:  lr, dr = schedule(epoch)       # written into the param groups every step
+        for x, y in Batches(train):                  # resumable, deterministic order
+            loss = cross_entropy(model(x), y); loss.backward(); opt.step()
+            rows -> metrics.jsonl/csv; last.pt every checkpoint_every_steps
+        evaluate(eval split) -> eval row; last.pt (+ best.pt)
+
+A resumed run continues bit for bit like an uninterrupted one: the checkpoint holds the model,
+the optimizer (momentum + the SR generator), the data position, torch's RNG and the metric
+accumulators. A non-finite loss or a quantizer's ValueError (NaN/Inf reaching the integer grid)
+stops the run with `TrainingError`; nothing is saved after the failing step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..convert import quantize_
+from ..data import Batches, derive_seed, load_dataset
+from ..models import create_model
+from ..optim import QSGD
+from ..optim.qsgd import quantized_lr
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    resolve_checkpoint,
+    serialize_checkpoint,
+)
+from .metrics import MetricsWriter
+from .progress import LogProgress, Progress
+from .runconfig import RunConfig, RunConfigError, dump_yaml, load_run_config
+from .schedule import Schedule
+
+__all__ = ["RESUMABLE_KEYS", "TrainingError", "evaluate", "evaluate_checkpoint", "train"]
+
+log = logging.getLogger("wageubn.train")
+
+# Keys that may differ between a checkpoint's run config and the config it is resumed with.
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.epochs",
+        "train.max_steps",
+        "train.log_every",
+        "train.threads",
+        "train.tensorboard",
+        "train.checkpoint_every_steps",
+        "train.eval_every_epochs",
+        "train.out_dir",
+        "train.run_name",
+        "data.root",
+        "data.num_workers",
+        "data.eval_batch_size",
+    }
+)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, NaN/Inf reaching a quantizer); names where it
+    stopped and the last good checkpoint."""
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+class _Head(torch.utils.data.Dataset):
+    """The first ``n`` samples of a data set; every other attribute (``batch``, ``get``,
+    ``augment``, ``num_classes``...) is the base's, so `Batches` keeps its fast path."""
+
+    def __init__(self, base: Any, n: int) -> None:
+        self.base, self.n = base, min(n, len(base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.base[index]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+
+def _load(cfg: RunConfig, split: str, *, augment: bool, subset: int | None) -> Any:
+    d = cfg.data
+    try:
+        ds = load_dataset(d.name, split, d.root, augment=augment, image_size=d.image_size)
+    except ValueError as exc:  # unknown split, corrupt file: the user's to fix
+        raise RunConfigError(f"data: {' '.join(str(exc).split())}") from None
+    return _Head(ds, subset) if subset is not None else ds
+
+
+# -- model and optimizer ------------------------------------------------------------------------
+
+
+def _build(cfg: RunConfig, num_classes: int, in_channels: int) -> tuple[nn.Module, QSGD, Schedule]:
+    torch.manual_seed(cfg.train.seed)
+    kwargs = dict(cfg.model.kwargs)
+    if cfg.model.width is not None:
+        kwargs["width"] = cfg.model.width
+    try:
+        model = create_model(
+            cfg.model.name, num_classes=num_classes, in_channels=in_channels, **kwargs
+        )
+    except TypeError as exc:
+        raise RunConfigError(f"model.kwargs: {exc}") from None
+    qcfg = cfg.quant_config()
+    quantize_(model, qcfg)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    schedule = Schedule.from_config(cfg.optim, qcfg.grad_range)
+    sr = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "stochastic-rounding"))
+    opt = QSGD(
+        model.parameters(),
+        lr=schedule.lr(0),
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        config=qcfg,
+        generator=sr,
+        grad_range=int(schedule.grad_range(0)),
+        bn_weight_decay=cfg.optim.bn_weight_decay,
+    )
+    return model, opt, schedule
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
+    now, then = _flatten(cfg.to_dict()), _flatten(saved)
+    diffs = [
+        f"{k} {then.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+        for k in sorted(set(now) | set(then))
+        if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path}: written by a different run config: {'; '.join(diffs)}; resume with the "
+            "run's own config (omit CONFIG) or start a new run"
+        )
+
+
+def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The run config saved in a checkpoint, with dotted ``overrides`` applied."""
+    from .runconfig import apply_overrides, parse_overrides
+
+    ckpt = load_checkpoint(path)
+    values = apply_overrides(ckpt["run_config"], parse_overrides(overrides or []))
+    return RunConfig.from_dict(values, source=f"{resolve_checkpoint(path)} run_config")
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int,
+    *,
+    channels_last: bool = False,
+    num_workers: int = 0,
+) -> dict[str, float]:
+    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
+    try:
+        for x, y in batches:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = model(x)
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += y.numel()
+    finally:
+        model.train(was_training)
+    return {"loss": loss_sum / n, "acc": correct / n, "images": n}
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    root: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``)."""
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    cfg = RunConfig.from_dict(ckpt["run_config"], source=f"{path} run_config")
+    if root is not None:
+        cfg.data.root = root
+    split = split or cfg.data.eval_split
+    ds = _load(cfg, split, augment=False, subset=None)
+    model, _, _ = _build(cfg, ds.num_classes, ds.input_shape[0])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: model weights do not fit {cfg.model.name}: {first}"
+        ) from None
+    bs = batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
+    result = evaluate(
+        model, ds, bs, channels_last=cfg.train.channels_last, num_workers=cfg.data.num_workers
+    )
+    return {**result, "split": split, "checkpoint": str(path), "step": ckpt["step"]}
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _as_run_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return RunConfig.from_dict(config)
+    if isinstance(config, str | Path):
+        return load_run_config(config)
+    raise TypeError(f"train: config must be a RunConfig, dict or path, got {type(config).__name__}")
+
+
+def _new_run_dir(cfg: RunConfig) -> Path:
+    base = Path(cfg.train.out_dir).expanduser() / (cfg.train.run_name or "run")
+    run_dir, i = base, 1
+    while run_dir.exists() and any(run_dir.iterdir()):
+        i += 1
+        run_dir = base.with_name(f"{base.name}-{i}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(
+    config: RunConfig | dict[str, Any] | str | Path,
+    *,
+    resume: str | Path | None = None,
+    progress: Progress | None = None,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train as ``config`` says; continue from ``resume`` (a checkpoint or run directory).
+
+    Returns ``{"run_dir", "step", "epoch", "train_loss", "eval", "best_acc", "last_checkpoint",
+    "best_checkpoint", "status", "wall_s"}``. Raises `RunConfigError`, `CheckpointError`,
+    ``DatasetNotFoundError`` (before anything is written) and `TrainingError` (during the run).
+    """
+    cfg = _as_run_config(config)
+    ckpt, ckpt_path = None, None
+    if resume is not None:
+        ckpt_path = resolve_checkpoint(resume)
+        ckpt = load_checkpoint(ckpt_path)
+        _check_compatible(cfg, ckpt["run_config"], ckpt_path)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.train.threads is not None:
+            torch.set_num_threads(cfg.train.threads)
+        run = _Run(cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command)
+        return run.run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Run:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ckpt: dict[str, Any] | None,
+        ckpt_path: Path | None,
+        progress: Progress,
+        command: list[str] | None,
+    ) -> None:
+        self.cfg, self.progress = cfg, progress
+        d, t = cfg.data, cfg.train
+        self.train_ds = _load(cfg, d.train_split, augment=d.augment, subset=d.train_subset)
+        self.eval_ds = _load(cfg, d.eval_split, augment=False, subset=d.eval_subset)
+        shape = self.train_ds.input_shape
+        self.model, self.opt, self.schedule = _build(cfg, self.train_ds.num_classes, shape[0])
+        self.qcfg = self.opt.config
+        self.batches = Batches(
+            self.train_ds,
+            d.batch_size,
+            shuffle=True,
+            generator=derive_seed(t.seed, "data"),
+            drop_last=len(self.train_ds) >= d.batch_size,  # no tiny last batch for BN statistics
+            num_workers=d.num_workers,
+        )
+        self.step, self.best_acc = 0, None
+        self.acc = {"window": _zeros(), "epoch": _zeros()}
+        self.last_eval: dict[str, Any] | None = None
+        if ckpt is not None:  # everything is validated before the run directory is touched
+            self._restore(ckpt, ckpt_path)
+            self.run_dir = ckpt_path.parent
+        else:
+            self.run_dir = _new_run_dir(cfg)
+        self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
+        self.last_good: str | None = str(self.last_path) if ckpt is not None else None
+        self._write_run_files(ckpt_path, ckpt, command)
+        self.metrics = MetricsWriter(
+            self.run_dir,
+            keep_until_step=self.step if ckpt is not None else None,
+            tensorboard=t.tensorboard,
+        )
+
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            self.batches.load_state_dict(ckpt["batches"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: does not fit this run ({first})") from None
+        self.step, self.best_acc = int(ckpt["step"]), ckpt.get("best_acc")
+        self.acc = {k: dict(v) for k, v in ckpt["accumulators"].items()}
+        self.last_eval = ckpt.get("last_eval")
+
+    def _write_run_files(
+        self, ckpt_path: Path | None, ckpt: Any, command: list[str] | None
+    ) -> None:
+        import wageubn
+
+        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        info_path = self.run_dir / "run.json"
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        cmd = list(command) if command is not None else list(sys.argv)
+        if ckpt is not None and info_path.is_file():
+            info = json.loads(info_path.read_text())
+            info.setdefault("resumes", []).append(
+                {"time": now, "checkpoint": str(ckpt_path), "step": self.step, "command": cmd}
+            )
+        else:
+            info = {
+                "wageubn": wageubn.__version__,
+                "torch": str(torch.__version__),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "seed": self.cfg.train.seed,
+                "command": cmd,
+                "started": now,
+                "threads": torch.get_num_threads(),
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+            }
+        info["status"] = "running"
+        self.info, self.info_path = info, info_path
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+
+    def _set_status(self, status: str) -> None:
+        self.info["status"] = status
+        self.info_path.write_text(json.dumps(self.info, indent=2) + "\n")
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _save(self, epoch: int, *, best: bool = False) -> None:
+        model_state, opt_state = self.model.state_dict(), self.opt.state_dict()
+        tensors = list(model_state.items()) + [
+            (f"momentum buffer of optimizer parameter {i}", s["momentum_buffer"])
+            for i, s in opt_state["state"].items()
+            if "momentum_buffer" in s
+        ]
+        for name, value in tensors:  # never replace a good checkpoint with a bad state
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise self._error(epoch, f"{name} is not finite (not saved)")
+        payload = {
+            "model": model_state,
+            "optimizer": opt_state,
+            "batches": self.batches.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "epoch": self.batches.state_dict()["epoch"],
+            "step": self.step,
+            "schedule": self.schedule.state_dict(epoch),
+            "accumulators": {k: dict(v) for k, v in self.acc.items()},
+            "best_acc": self.best_acc,
+            "last_eval": self.last_eval,
+            "run_config": self.cfg.to_dict(),
+            "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
+        }
+        data = serialize_checkpoint(payload)
+        atomic_write_bytes(self.last_path, data)
+        self.last_good = f"{self.last_path} (step {self.step})"
+        if best:
+            atomic_write_bytes(self.best_path, data)
+
+    def _error(self, epoch: int, what: str) -> TrainingError:
+        where = self.last_good or "none (no checkpoint was written yet)"
+        return TrainingError(
+            f"training stopped at epoch {epoch} step {self.step}: {what}; last good checkpoint: "
+            f"{where}; see docs/troubleshooting.md"
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t, spe = self.cfg.train, len(self.batches)
+        total = t.epochs * spe if t.max_steps is None else min(t.epochs * spe, t.max_steps)
+        start = self.t0 = time.perf_counter()
+        log.info(
+            "run %s: %s on %s (%d train / %d eval images), %d steps/epoch, %d steps to go",
+            self.run_dir,
+            self.cfg.model.name,
+            self.cfg.data.name,
+            len(self.train_ds),
+            len(self.eval_ds),
+            spe,
+            max(0, total - self.step),
+        )
+        self.progress.start(self.step, total)
+        status = "completed"
+        try:
+            epoch = self.batches.state_dict()["epoch"]
+            while epoch < t.epochs and self.step < total:
+                if not self._run_epoch(epoch, total):
+                    status = f"stopped at max_steps={t.max_steps}"
+                    break
+                epoch += 1
+        except TrainingError as exc:
+            self._set_status(f"failed: {exc}")
+            raise
+        except KeyboardInterrupt:
+            self._set_status(
+                f"interrupted at step {self.step}; last good checkpoint: {self.last_good}"
+            )
+            raise
+        finally:
+            self.progress.close()
+            self.metrics.close()
+        self._set_status(status)
+        return {
+            "run_dir": str(self.run_dir),
+            "step": self.step,
+            "epoch": self.batches.state_dict()["epoch"],
+            "eval": self.last_eval,
+            "best_acc": self.best_acc,
+            "last_checkpoint": str(self.last_path) if self.last_path.exists() else None,
+            "best_checkpoint": str(self.best_path) if self.best_path.exists() else None,
+            "status": status,
+            "wall_s": time.perf_counter() - start,
+        }
+
+    def _run_epoch(self, epoch: int, total: int) -> bool:
+        """One (possibly resumed) epoch; False when max_steps stopped it before its end."""
+        t = self.cfg.train
+        self.batches.set_epoch(epoch)
+        lr, dr = self.schedule.apply(self.opt, epoch)
+        lr_q = quantized_lr(lr, self.qcfg)
+        self.model.train()
+        window_start = time.perf_counter()
+        spe = len(self.batches)
+        for x, y in self.batches:
+            if t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.step += 1
+            loss, correct = self._step(x, y, epoch)
+            for acc in self.acc.values():
+                acc["loss_sum"] += loss
+                acc["steps"] += 1
+                acc["correct"] += correct
+                acc["count"] += y.numel()
+            now = time.perf_counter()
+            w = self.acc["window"]
+            stats = {
+                "loss": w["loss_sum"] / w["steps"],
+                "acc": w["correct"] / w["count"],
+                "lr_q": lr_q,
+                "grad_range": dr,
+                "images_per_s": w["count"] / max(now - window_start, 1e-9),
+            }
+            if self.step % t.log_every == 0:
+                self._row("train", epoch, {**stats, "lr": lr}, now)
+                self.acc["window"] = _zeros()
+                window_start = now
+            self.progress.update(self.step, epoch, stats)
+            end_of_epoch = self.batches.state_dict()["position"] == 0
+            if not end_of_epoch and self.step >= total:
+                self._save(epoch)
+                return False
+            if not end_of_epoch and t.checkpoint_every_steps:
+                if self.step % t.checkpoint_every_steps == 0:
+                    self._save(epoch)
+        if self.batches.state_dict()["epoch"] != epoch + 1 or self.acc["epoch"]["steps"] == 0:
+            raise RuntimeError(f"internal: epoch {epoch} of {spe} batches did not complete")
+        e = self.acc["epoch"]
+        self._row(
+            "epoch",
+            epoch,
+            {
+                "loss": e["loss_sum"] / e["steps"],
+                "acc": e["correct"] / e["count"],
+                "lr": lr,
+                "lr_q": lr_q,
+                "grad_range": dr,
+            },
+            time.perf_counter(),
+        )
+        self.acc["epoch"] = _zeros()
+        best = False
+        if (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs or self.step >= total:
+            best = self._evaluate(epoch)
+        self._save(epoch, best=best)
+        return True
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, int]:
+        try:
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise self._error(epoch, f"the loss is {value}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        except ValueError as exc:  # a quantizer met NaN/Inf, or the lr rounded to zero
+            raise self._error(epoch, " ".join(str(exc).split())) from exc
+        return value, int((out.detach().argmax(1) == y).sum())
+
+    def _evaluate(self, epoch: int) -> bool:
+        bs = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
+        try:
+            result = evaluate(
+                self.model,
+                self.eval_ds,
+                bs,
+                channels_last=self.cfg.train.channels_last,
+                num_workers=self.cfg.data.num_workers,
+            )
+        except ValueError as exc:
+            raise self._error(epoch, "evaluation: " + " ".join(str(exc).split())) from exc
+        self.last_eval = {**result, "split": self.cfg.data.eval_split, "epoch": epoch}
+        self._row(
+            "eval",
+            epoch,
+            {"loss": result["loss"], "acc": result["acc"], "eval_split": self.cfg.data.eval_split},
+            time.perf_counter(),
+        )
+        self.progress.message(
+            f"epoch {epoch} step {self.step}: {self.cfg.data.eval_split} accuracy "
+            f"{result['acc']:.4f} loss {result['loss']:.4f} ({result['images']} images)"
+        )
+        improved = self.best_acc is None or result["acc"] > self.best_acc
+        if improved:
+            self.best_acc = result["acc"]
+        return improved
+
+    def _row(self, kind: str, epoch: int, values: dict[str, Any], now: float) -> None:
+        self.metrics.write(
+            {
+                "kind": kind,
+                "epoch": epoch,
+                "step": self.step,
+                **values,
+                "elapsed_s": round(now - self.t0, 3),
+            }
+        )
+
+
+def _zeros() -> dict[str, float | int]:
+    return {"loss_sum": 0.0, "steps": 0, "correct": 0, "count": 0}
+
+
+def _version() -> str:
+    import wageubn
+
+    return wageubn.__version__

@@ -1,0 +1,97 @@
+"""Per-run metrics files: ``metrics.jsonl`` (one JSON object a row) and ``metrics.csv``.
+
+Rows have ``kind`` "train" (every ``log_every`` steps, means over the window), "epoch" (means over
+the epoch) or "eval" (after an evaluation), and the columns in `COLUMNS` (absent ones empty).
+On resume, rows after the checkpoint's step are dropped first, so the files of an interrupted
+and resumed run hold the same rows as those of an uninterrupted one (timing columns aside).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "kind",
+    "epoch",
+    "step",
+    "loss",
+    "acc",
+    "lr",
+    "lr_q",
+    "grad_range",
+    "eval_split",
+    "images_per_s",
+    "elapsed_s",
+)
+TIMING_COLUMNS = ("images_per_s", "elapsed_s")  # differ between otherwise identical runs
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``run_dir/metrics.jsonl`` (a torn last line from a crash is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: skipping a torn line", path)
+    return rows
+
+
+class MetricsWriter:
+    """Appends rows to metrics.jsonl / metrics.csv (and TensorBoard when asked)."""
+
+    def __init__(self, run_dir: str | Path, *, keep_until_step: int | None, tensorboard: bool):
+        self.run_dir = Path(run_dir)
+        self.jsonl = self.run_dir / "metrics.jsonl"
+        self.csv = self.run_dir / "metrics.csv"
+        kept = []
+        if keep_until_step is not None:  # resume: drop what came after the checkpoint
+            kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= keep_until_step]
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with self.csv.open("w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        self._jsonl = self.jsonl.open("a")
+        self._csv_file = self.csv.open("a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, COLUMNS, extrasaction="ignore")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {k: _plain(v) for k, v in row.items()}
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        self._csv.writerow(row)
+        self._csv_file.flush()
+        if self._tb is not None:
+            for key in ("loss", "acc", "lr_q", "grad_range", "images_per_s"):
+                if isinstance(row.get(key), int | float):
+                    self._tb.add_scalar(f"{row['kind']}/{key}", row[key], row["step"])
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/Inf
+    return value

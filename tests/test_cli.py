@@ -1,0 +1,187 @@
+"""The `wageubn` command line through main([...]): outputs, files, one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wageubn import cli
+from wageubn.models import list_models
+from wageubn.train.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """\
+model: {name: small_cnn, width: 4}
+data: {name: mnist, batch_size: 32, train_subset: 128, eval_subset: 100, eval_batch_size: 100}
+optim: {lr: 0.0625}
+train: {epochs: 1, log_every: 2, checkpoint_every_steps: 2, threads: 1}
+"""
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str) -> str:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wageubn: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_list_models(capsys):
+    code, out, _ = run(capsys, "list-models")
+    assert code == 0 and out.split() == list_models()
+
+
+def test_unknown_override_key_suggests(capsys, config):
+    code, _, err = run(capsys, "train", str(config), "--optim.lrr", "0.1")
+    line = assert_one_line_error(code, err)
+    assert "'optim.lrr'; did you mean 'optim.lr'" in line
+
+
+def test_config_errors_reported_together(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epoch: 2}\noptim: {momentun: 0.5}\n")
+    line = assert_one_line_error(*run(capsys, "train", str(bad))[::2])
+    assert "did you mean 'train.epochs'" in line and "did you mean 'optim.momentum'" in line
+
+
+def test_missing_dataset_is_one_line(capsys, config, tmp_path):
+    code, _, err = run(
+        capsys,
+        "train",
+        str(config),
+        "--data.name",
+        "cifar10",
+        "--data.root",
+        str(tmp_path / "nowhere"),
+        "--train.out_dir",
+        str(tmp_path),
+    )
+    line = assert_one_line_error(code, err)
+    assert "cifar10" in line
+    assert not (tmp_path / "tiny").exists()  # nothing written for a run that cannot start
+
+
+def test_argparse_errors_are_one_line(capsys):
+    assert_one_line_error(*run(capsys, "train", "--resume")[::2])
+    assert_one_line_error(*run(capsys, "frobnicate")[::2])
+    assert_one_line_error(*run(capsys, "list-models", "--optim.lr", "1")[::2])
+    assert_one_line_error(*run(capsys, "train")[::2])
+
+
+def test_train_eval_plot(capsys, config, tmp_path):
+    """train writes config, run info, metrics and checkpoints; eval and plot read them."""
+    out_dir = tmp_path / "runs"
+    code, out, _ = run(
+        capsys, "train", str(config), "--train.out_dir", str(out_dir), "--optim.lr=0.125"
+    )
+    assert code == 0
+    run_dir = out_dir / "tiny"
+    assert "completed after 4 steps" in out and str(run_dir) in out
+    names = {p.name for p in run_dir.iterdir()}
+    assert {
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "last.pt",
+        "best.pt",
+    } <= names
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["seed"] == 0 and info["status"] == "completed" and info["torch"]
+    assert info["command"][:2] == ["wageubn", "train"] and "--optim.lr=0.125" in info["command"]
+    assert "lr: 0.125" in (run_dir / "config.yaml").read_text()
+    rows = read_metrics(run_dir)
+    assert [r["kind"] for r in rows] == ["train", "train", "epoch", "eval"]
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("kind,epoch,step,loss")
+
+    code, out, _ = run(
+        capsys, "eval", str(run_dir / "best.pt"), "--split", "val", "--batch-size", "1000"
+    )
+    assert code == 0 and out.startswith("val: accuracy ") and "10000 images" in out
+    assert 0.0 <= float(out.split("accuracy ")[1].split()[0]) <= 1.0
+
+    png = tmp_path / "curves.png"
+    code, out, _ = run(capsys, "plot", str(run_dir), str(run_dir), "--out", str(png))
+    assert code == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((run_dir / "last.pt").read_bytes()[:1000])
+    line = assert_one_line_error(*run(capsys, "eval", str(corrupt))[::2])
+    assert "corrupt" in line
+
+    # resume a finished run with more epochs, from the run directory alone
+    code, out, _ = run(capsys, "train", "--resume", str(run_dir), "--train.epochs", "2")
+    assert code == 0 and "completed after 8 steps" in out
+    assert [r["kind"] for r in read_metrics(run_dir)][-2:] == ["epoch", "eval"]
+
+
+def test_plot_of_a_non_run_is_one_line(capsys, tmp_path):
+    assert_one_line_error(
+        *run(capsys, "plot", str(tmp_path), "--out", str(tmp_path / "x.png"))[::2]
+    )
+
+
+def test_training_failure_exit_1(capsys, config, tmp_path):
+    code, _, err = run(
+        capsys,
+        "train",
+        str(config),
+        "--quant.preset",
+        "fp32",
+        "--optim.lr",
+        "1e9",
+        "--train.out_dir",
+        str(tmp_path),
+    )
+    assert code == 1 and "training stopped at epoch 0 step" in err
+
+
+def test_python_dash_m(tmp_path):
+    """`python -m wageubn` is the same CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wageubn", "list-models"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == list_models()
+
+
+def test_command_modules_registration_hook(capsys, monkeypatch, tmp_path):
+    """A module listed in COMMAND_MODULES adds its subcommand through add_parser(subparsers)."""
+    mod = tmp_path / "extra_cmd.py"
+    mod.write_text(
+        "from wageubn.cli import UsageError\n"
+        "def hello(args):\n"
+        "    if args.name == 'bad':\n"
+        "        raise UsageError('bad name')\n"
+        "    print('hello', args.name)\n"
+        "    return 0\n"
+        "def add_parser(subparsers):\n"
+        "    p = subparsers.add_parser('hello')\n"
+        "    p.add_argument('name')\n"
+        "    p.set_defaults(func=hello)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "extra_cmd"))
+    code, out, _ = run(capsys, "hello", "world")
+    assert code == 0 and out == "hello world\n"
+    assert "bad name" in assert_one_line_error(*run(capsys, "hello", "bad")[::2])
