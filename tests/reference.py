@@ -163,10 +163,10 @@ def ref_small_cnn_logits(x, p):
     """``wageubn.models.small_cnn`` in the ``paper`` preset, from the formulas. ``p``: name -> tensor."""
     F_ = torch.nn.functional
     h = F_.conv2d(x, p["stem.weight"], padding=1)  # float stem
-    a = ref_relu(ref_bn(h, p["bn1.weight"], p["bn1.bias"]))
-    z = ref_conv(a, p["conv1.weight"], 2)
-    a = ref_relu(ref_bn(z, p["bn2.weight"], p["bn2.bias"]))
-    z = ref_conv(a, p["conv2.weight"], 2)
+    a = F_.max_pool2d(ref_relu(ref_bn(h, p["bn1.weight"], p["bn1.bias"])), 2)
+    z = ref_conv(a, p["conv1.weight"], 1)
+    a = F_.max_pool2d(ref_relu(ref_bn(z, p["bn2.weight"], p["bn2.bias"])), 2)
+    z = ref_conv(a, p["conv2.weight"], 1)
     a = ref_relu(ref_bn(z, p["bn3.weight"], p["bn3.bias"]))
-    pooled = F_.adaptive_avg_pool2d(a, 1).flatten(1)  # not re-quantized
-    return F_.linear(pooled, p["fc.weight"], p["fc.bias"])  # float classifier
+    a = F_.adaptive_avg_pool2d(a, 7)  # not re-quantized
+    return F_.linear(a.flatten(1), p["fc.weight"], p["fc.bias"])  # float classifier

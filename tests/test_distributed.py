@@ -59,8 +59,13 @@ def _worker(rank, world, port, out_dir, hook, code_bits, steps):
             },  # fmt: skip
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        dist.barrier()  # no rank tears the group down while the other still talks
     finally:
         dist.destroy_process_group()
+    # gloo's worker threads can abort (SIGABRT, "terminate called without an active exception")
+    # during interpreter finalization even after destroy_process_group (pytorch/pytorch#190489):
+    # everything is written, so leave without finalizing
+    os._exit(0)
 
 
 def _run(tmp_path, hook=True, code_bits=24, steps=4, world=2):

@@ -286,7 +286,8 @@ def test_flag_properties(a, bits):
         return
     s = float(pow2_scale(x)) / 2 ** (bits - 1)
     assert torch.equal(flag_quantize(-x, bits), -y)
-    assert torch.equal(flag_quantize(x * 2, bits), y * 2)
+    if float(x.abs().max()) > 2.0**-100:  # scale invariance, away from subnormal underflow
+        assert torch.equal(flag_quantize(x * 2, bits), y * 2)
     fine = x.abs() < s
     assert on_grid(y[fine], s * 2.0 ** (1 - bits)) and bool((y[fine].abs() <= s).all())
     assert on_grid(y[~fine], s)
