@@ -75,12 +75,35 @@ def _conv_inputs(case, xdtype, gen, kind="random"):
 
 def _three(backend, x, w, e, args, out_exponent, monkeypatch):
     return (
-        _call(backend, "conv2d_forward", x, w, *args, out_exponent=out_exponent,
-              monkeypatch=monkeypatch),
-        _call(backend, "conv2d_input_grad", e, w, x.shape, *args, out_exponent=out_exponent,
-              monkeypatch=monkeypatch),
-        _call(backend, "conv2d_weight_grad", x, e, w.shape, *args, out_exponent=out_exponent,
-              monkeypatch=monkeypatch),
+        _call(
+            backend,
+            "conv2d_forward",
+            x,
+            w,
+            *args,
+            out_exponent=out_exponent,
+            monkeypatch=monkeypatch,
+        ),
+        _call(
+            backend,
+            "conv2d_input_grad",
+            e,
+            w,
+            x.shape,
+            *args,
+            out_exponent=out_exponent,
+            monkeypatch=monkeypatch,
+        ),
+        _call(
+            backend,
+            "conv2d_weight_grad",
+            x,
+            e,
+            w.shape,
+            *args,
+            out_exponent=out_exponent,
+            monkeypatch=monkeypatch,
+        ),
     )
 
 
@@ -108,8 +131,7 @@ def test_reference_linear_equals_float64():
     x, w, e = (codes(s, torch.int8, gen) for s in [(5, 13), (7, 13), (5, 7)])
     exact(kernels.linear_forward(x, w, backend="reference").double(), x.double() @ w.double().T)
     exact(kernels.linear_input_grad(e, w, backend="reference").double(), e.double() @ w.double())
-    exact(kernels.linear_weight_grad(e, x, backend="reference").double(),
-          e.double().T @ x.double())
+    exact(kernels.linear_weight_grad(e, x, backend="reference").double(), e.double().T @ x.double())
 
 
 # ------------------------------------------------------------------------ fast backends vs oracle
@@ -139,8 +161,9 @@ def test_conv_extreme_codes(backend, kind, case, monkeypatch):
         x, w, e, args = _conv_inputs(case, xdtype, gen, kind)
         for out_exponent in (None, 0):
             want = _three("reference", x, w, e, args, out_exponent, monkeypatch)
-            for g, r in zip(_three(backend, x, w, e, args, out_exponent, monkeypatch), want,
-                            strict=True):
+            for g, r in zip(
+                _three(backend, x, w, e, args, out_exponent, monkeypatch), want, strict=True
+            ):
                 exact(g, r)
 
 
@@ -154,8 +177,10 @@ def test_conv_float_output_rounds_once_above_2_24():
     assert ref.abs().max() > 2**24 and ref.dtype == torch.int32
     exact(kernels.conv2d_forward(x, w, 1, 1, backend="cpu"), ref)
     for out_exponent in (0, -7, 5):
-        exact(kernels.conv2d_forward(x, w, 1, 1, backend="cpu", out_exponent=out_exponent),
-              (ref.double() * 2.0**out_exponent).float())
+        exact(
+            kernels.conv2d_forward(x, w, 1, 1, backend="cpu", out_exponent=out_exponent),
+            (ref.double() * 2.0**out_exponent).float(),
+        )
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cpu-gemm"])
@@ -168,8 +193,11 @@ def test_layouts_and_non_contiguous(backend, monkeypatch):
     big_x[:, ::2] = x
     variants = [
         (x.contiguous(memory_format=CL), w, e.contiguous(memory_format=CL)),
-        (big_x[:, ::2], w.contiguous(memory_format=CL), e.transpose(2, 3).contiguous()
-         .transpose(2, 3)),
+        (
+            big_x[:, ::2],
+            w.contiguous(memory_format=CL),
+            e.transpose(2, 3).contiguous().transpose(2, 3),
+        ),
     ]
     for xv, wv, ev in variants:
         got = _three(backend, xv, wv, ev, args, -3, monkeypatch)
@@ -185,8 +213,10 @@ def test_exponents_outside_float32_normal_range():
         ref = kernels.conv2d_forward(x, w, *args, backend="reference", out_exponent=out_exponent)
         exact(kernels.conv2d_forward(x, w, *args, backend="cpu", out_exponent=out_exponent), ref)
         lin = (x[0, 0].to(torch.int8), w.reshape(16, -1)[:, :8])
-        exact(kernels.linear_forward(*lin, backend="cpu", out_exponent=out_exponent),
-              kernels.linear_forward(*lin, backend="reference", out_exponent=out_exponent))
+        exact(
+            kernels.linear_forward(*lin, backend="cpu", out_exponent=out_exponent),
+            kernels.linear_forward(*lin, backend="reference", out_exponent=out_exponent),
+        )
 
 
 # ------------------------------------------------------------------------------------- linear
@@ -202,14 +232,22 @@ def test_linear_bit_exact(backend, shape, xdtype, monkeypatch):
     """x @ wᵀ, e @ w, eᵀ @ x: M ≤ 16, K not a multiple of 8, transposed operands."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(m * 100 + k)
-    x, w, e = codes((m, k), xdtype, gen), codes((n, k), torch.int8, gen), codes((m, n),
-                                                                                 torch.int8, gen)
+    x, w, e = (
+        codes((m, k), xdtype, gen),
+        codes((n, k), torch.int8, gen),
+        codes((m, n), torch.int8, gen),
+    )
     for out_exponent in (None, -6):
-        for fn, args in [("linear_forward", (x, w)), ("linear_input_grad", (e, w)),
-                         ("linear_weight_grad", (e, x)), ("linear_forward", (x.T.contiguous().T,
-                                                                             w.T.contiguous().T))]:
-            exact(_call(backend, fn, *args, out_exponent=out_exponent, monkeypatch=monkeypatch),
-                  _call("reference", fn, *args, out_exponent=out_exponent))
+        for fn, args in [
+            ("linear_forward", (x, w)),
+            ("linear_input_grad", (e, w)),
+            ("linear_weight_grad", (e, x)),
+            ("linear_forward", (x.T.contiguous().T, w.T.contiguous().T)),
+        ]:
+            exact(
+                _call(backend, fn, *args, out_exponent=out_exponent, monkeypatch=monkeypatch),
+                _call("reference", fn, *args, out_exponent=out_exponent),
+            )
 
 
 # ------------------------------------------------------------------------------------ overflow
@@ -233,8 +271,15 @@ def test_accumulator_beyond_int32_is_exact_int64(backend, monkeypatch):
     ec = torch.full((2, 2, 200, 200), -128, dtype=torch.int8)
     got = _call(backend, "conv2d_weight_grad", xc, ec, (2, 1, 1, 1), monkeypatch=monkeypatch)
     assert got.dtype == torch.int64 and bool((got == -80_000 * 255 * 128).all())
-    scaled = _call(backend, "conv2d_weight_grad", xc, ec, (2, 1, 1, 1), out_exponent=-20,
-                   monkeypatch=monkeypatch)
+    scaled = _call(
+        backend,
+        "conv2d_weight_grad",
+        xc,
+        ec,
+        (2, 1, 1, 1),
+        out_exponent=-20,
+        monkeypatch=monkeypatch,
+    )
     exact(scaled, torch.full((2, 1, 1, 1), -80_000 * 255 * 128 * 2.0**-20).float())
 
 
@@ -251,22 +296,40 @@ def test_accumulator_dtype_rule():
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    n=st.integers(1, 2), cg=st.integers(1, 5), og=st.integers(1, 5), g=st.integers(1, 3),
-    h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4), kw=st.integers(1, 4),
-    sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3),
-    dh=st.integers(1, 2), dw=st.integers(1, 2), xu=st.booleans(), seed=st.integers(0, 99),
+    n=st.integers(1, 2),
+    cg=st.integers(1, 5),
+    og=st.integers(1, 5),
+    g=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    ph=st.integers(0, 3),
+    pw=st.integers(0, 3),
+    dh=st.integers(1, 2),
+    dw=st.integers(1, 2),
+    xu=st.booleans(),
+    seed=st.integers(0, 99),
     out_exponent=st.sampled_from([None, -9, 2]),
 )
-def test_random_conv_shapes(n, cg, og, g, h, w, kh, kw, sh, sw, ph, pw, dh, dw, xu, seed,
-                            out_exponent):
+def test_random_conv_shapes(
+    n, cg, og, g, h, w, kh, kw, sh, sw, ph, pw, dh, dw, xu, seed, out_exponent
+):
     """Random small conv geometry (rectangular kernels, per-axis stride/padding/dilation)."""
     ho = reference.conv_out_size(h, kh, sh, ph, dh)
     wo = reference.conv_out_size(w, kw, sw, pw, dw)
     if ho < 1 or wo < 1:
         with pytest.raises(ValueError, match="smaller than the dilated kernel"):
-            kernels.conv2d_forward(torch.zeros((n, cg * g, h, w), dtype=torch.int8),
-                                   torch.zeros((og * g, cg, kh, kw), dtype=torch.int8),
-                                   (sh, sw), (ph, pw), (dh, dw), g)
+            kernels.conv2d_forward(
+                torch.zeros((n, cg * g, h, w), dtype=torch.int8),
+                torch.zeros((og * g, cg, kh, kw), dtype=torch.int8),
+                (sh, sw),
+                (ph, pw),
+                (dh, dw),
+                g,
+            )
         return
     gen = torch.Generator().manual_seed(seed)
     x = codes((n, cg * g, h, w), torch.uint8 if xu else torch.int8, gen)
@@ -275,11 +338,15 @@ def test_random_conv_shapes(n, cg, og, g, h, w, kh, kw, sh, sw, ph, pw, dh, dw, 
     args = ((sh, sw), (ph, pw), (dh, dw), g)
 
     def three(backend):
-        return (kernels.conv2d_forward(x, wt, *args, backend=backend, out_exponent=out_exponent),
-                kernels.conv2d_input_grad(e, wt, x.shape, *args, backend=backend,
-                                          out_exponent=out_exponent),
-                kernels.conv2d_weight_grad(x, e, wt.shape, *args, backend=backend,
-                                           out_exponent=out_exponent))
+        return (
+            kernels.conv2d_forward(x, wt, *args, backend=backend, out_exponent=out_exponent),
+            kernels.conv2d_input_grad(
+                e, wt, x.shape, *args, backend=backend, out_exponent=out_exponent
+            ),
+            kernels.conv2d_weight_grad(
+                x, e, wt.shape, *args, backend=backend, out_exponent=out_exponent
+            ),
+        )
 
     for a, b in zip(three("cpu"), three("reference"), strict=True):
         exact(a, b)
@@ -337,8 +404,9 @@ def test_bad_input_messages():
     with pytest.raises(ValueError, match="stride must be >= 1"):
         kernels.conv2d_forward(xc, wc[:, :1].repeat(1, 4, 1, 1), stride=0)
     with pytest.raises(ValueError, match="e has shape"):
-        kernels.conv2d_input_grad(torch.zeros((1, 2, 4, 4), dtype=torch.int8),
-                                  wc[:, :1].repeat(1, 4, 1, 1), xc.shape)
+        kernels.conv2d_input_grad(
+            torch.zeros((1, 2, 4, 4), dtype=torch.int8), wc[:, :1].repeat(1, 4, 1, 1), xc.shape
+        )
     with pytest.raises(ValueError, match="not available here"):
         if torch.cuda.is_available():
             raise ValueError("not available here")  # nothing to check on a GPU machine

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +31,12 @@ from typing import Any
 __all__ = ["COMMAND_MODULES", "UsageError", "console_main", "main"]
 
 # Modules that register subcommands, in --help order. Each exposes add_parser(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("wageubn.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "wageubn.cli",
+    "wageubn.deploy.command",
+    "wageubn.diagnostics.inspect",
+    "wageubn.profile.command",
+)
 
 
 class UsageError(Exception):
@@ -199,5 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """Entry point of the ``wageubn`` console script."""
-    sys.exit(main())
+    """Entry point of the ``wageubn`` console script (and of ``python -m wageubn``)."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun worker: gloo's threads can abort the process (SIGABRT) during interpreter
+        # finalization even after destroy_process_group (pytorch/pytorch#190489), which torchrun
+        # reports as a failed run. Everything is written and flushed: leave without finalizing.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)

@@ -249,6 +249,8 @@ class Batches:
 
     ``generator`` (a torch.Generator — only its ``initial_seed()`` is used, its state is never
     advanced — or an int seed) fixes every draw; see the module docstring for the contract.
+    ``shard=(rank, world)``: data-parallel training; ``batch_size`` is the global batch and each
+    process gets its contiguous ``batch_size / world`` slice of every global batch.
     Iterating yields the rest of the current epoch, from batch ``position``, then moves to the next
     epoch. ``len(batches)`` is the number of batches per epoch. In-memory data sets (with ``batch``)
     are gathered on the calling thread; others go through a torch DataLoader with ``num_workers``.
@@ -263,9 +265,23 @@ class Batches:
         generator: torch.Generator | int | None,
         drop_last: bool = False,
         num_workers: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"Batches: batch_size must be a positive int, got {batch_size!r}")
+        rank, world = shard
+        if not (
+            isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world
+        ):
+            raise ValueError(
+                f"Batches: shard must be (rank, world) with 0 <= rank < world, got {shard!r}"
+            )
+        if batch_size % world:
+            raise ValueError(
+                f"Batches: the global batch {batch_size} does not split evenly over {world} "
+                f"processes; use a multiple of {world}"
+            )
+        self.shard = (rank, world)
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"Batches: num_workers must be an int >= 0, got {num_workers!r}")
         self.dataset, self.batch_size = dataset, batch_size
@@ -323,7 +339,14 @@ class Batches:
         )
 
     def _batch_indices(self, order: torch.Tensor, b: int) -> torch.Tensor:
-        return order[b * self.batch_size : (b + 1) * self.batch_size]
+        """Global batch ``b`` of ``order``; with ``shard=(rank, world)`` this process's contiguous
+        ``1/world`` of it (every process draws the same order, so the shards partition the batch)."""
+        batch = order[b * self.batch_size : (b + 1) * self.batch_size]
+        rank, world = self.shard
+        if world == 1:
+            return batch
+        per = -(-batch.numel() // world)
+        return batch[rank * per : (rank + 1) * per]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch, order = self.epoch, self.order(self.epoch)

@@ -77,8 +77,13 @@ def _onednn_exact() -> bool:
     w[1::2, ::2] = 127
     cases = [
         (torch.full((1, 32, 5, 5), 255, dtype=torch.uint8), w, (1, 1), (1, 1), 1),
-        (torch.full((1, 3, 9, 9), 255, dtype=torch.uint8), w[:, :3].repeat(1, 1, 3, 3)[..., :7, :7],
-         (2, 2), (3, 3), 1),
+        (
+            torch.full((1, 3, 9, 9), 255, dtype=torch.uint8),
+            w[:, :3].repeat(1, 1, 3, 3)[..., :7, :7],
+            (2, 2),
+            (3, 3),
+            1,
+        ),
         (torch.full((1, 8, 5, 5), 255, dtype=torch.uint8), w[:, :1], (1, 1), (1, 1), 8),
         (torch.full((1, 32, 5, 5), -128, dtype=torch.int8), w, (1, 1), (2, 2), 1),
     ]
@@ -86,8 +91,9 @@ def _onednn_exact() -> bool:
         for x, wt, stride, padding, groups in cases:
             xu, zp, pad = _as_uint8(x, padding)
             got = _qconv(xu, zp, wt.contiguous(), stride, pad, (1, 1), groups, 0)
-            want = reference.conv2d_forward(x, wt, stride, padding, (1, 1), groups,
-                                            out_dtype=torch.int64, out_exponent=None)
+            want = reference.conv2d_forward(
+                x, wt, stride, padding, (1, 1), groups, out_dtype=torch.int64, out_exponent=None
+            )
             if not torch.equal(got, want.to(torch.float32)):
                 log.warning("oneDNN int8 convolution is inexact on this CPU; using _int_mm")
                 return False
@@ -160,17 +166,20 @@ def _as_uint8(x: torch.Tensor, padding=(0, 0)):
     ph, pw = padding
     buf = torch.full((n, h + 2 * ph, w + 2 * pw, c), 128, dtype=torch.uint8)
     # flipping the sign bit of an int8 byte is adding 128 to its value, read as uint8
-    torch.bitwise_xor(x.view(torch.uint8).permute(0, 2, 3, 1), 128,
-                      out=buf[:, ph : ph + h, pw : pw + w])
+    torch.bitwise_xor(
+        x.view(torch.uint8).permute(0, 2, 3, 1), 128, out=buf[:, ph : ph + h, pw : pw + w]
+    )
     return buf.permute(0, 3, 1, 2), 128, (0, 0)
 
 
 def _qconv(xu, zp, w, stride, padding, dilation, groups, exponent) -> torch.Tensor:
     """One oneDNN u8·s8 convolution, float32 channels_last out = ``acc · 2^exponent``."""
     o = w.shape[0]
-    if padding != (0, 0) and (zp != 0 or max(dilation) > 1
-                              or any(p > d * (k - 1) for p, d, k in
-                                     zip(padding, dilation, w.shape[2:], strict=True))):
+    if padding != (0, 0) and (
+        zp != 0
+        or max(dilation) > 1
+        or any(p > d * (k - 1) for p, d, k in zip(padding, dilation, w.shape[2:], strict=True))
+    ):
         # Measured with torch 2.14 / oneDNN 3.12: output windows lying wholly in the padding
         # (padding wider than the kernel, or dilation skipping the interior) came back as
         # garbage; zero-point padding was wrong in such windows too. Pad explicitly instead.
@@ -181,11 +190,28 @@ def _qconv(xu, zp, w, stride, padding, dilation, groups, exponent) -> torch.Tens
     w_scale = torch.full((o,), 2.0 ** (exponent - e_x), dtype=torch.float32)
     w_zp = torch.zeros((o,), dtype=torch.int64)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
-    packed = torch.ops.onednn.qconv_prepack(w, w_scale, 2.0**e_x, zp, stride, padding, dilation,
-                                            groups, list(xu.shape))
-    return torch.ops.onednn.qconv2d_pointwise(xu, 2.0**e_x, zp, packed, w_scale, w_zp, None,
-                                              stride, padding, dilation, groups, 1.0, 0,
-                                              torch.float32, "none", [], "")
+    packed = torch.ops.onednn.qconv_prepack(
+        w, w_scale, 2.0**e_x, zp, stride, padding, dilation, groups, list(xu.shape)
+    )
+    return torch.ops.onednn.qconv2d_pointwise(
+        xu,
+        2.0**e_x,
+        zp,
+        packed,
+        w_scale,
+        w_zp,
+        None,
+        stride,
+        padding,
+        dilation,
+        groups,
+        1.0,
+        0,
+        torch.float32,
+        "none",
+        [],
+        "",
+    )
 
 
 def _qconv_digits(xu, zp, w, stride, padding, dilation, groups, out_dtype) -> torch.Tensor:
@@ -211,7 +237,11 @@ def _onednn_conv(xu, zp, w, stride, padding, dilation, groups, *, terms, out_dty
     if terms * 255 * 128 > INT32_MAX:  # oneDNN's own int32 accumulator of u8 · s8
         return None
     bound = terms * (255 if zp == 0 else 128) * 128
-    if out_exponent is not None and -126 <= out_exponent and out_exponent + bound.bit_length() < 128:
+    if (
+        out_exponent is not None
+        and -126 <= out_exponent
+        and out_exponent + bound.bit_length() < 128
+    ):
         return _qconv(xu, zp, w, stride, padding, dilation, groups, out_exponent)
     if bound <= FLOAT_EXACT:
         acc = _qconv(xu, zp, w, stride, padding, dilation, groups, 0).to(out_dtype)
@@ -237,8 +267,10 @@ def _im2col(xp: torch.Tensor, kh, kw, stride, dilation, ho, wo) -> torch.Tensor:
     """Padded NHWC (a channel slice is fine) → contiguous (N·Ho·Wo, kh·kw·C) columns."""
     n, _, _, c = xp.shape
     s0, s1, s2, _ = xp.stride()
-    view = xp.as_strided((n, ho, wo, kh, kw, c),
-                         (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, 1))
+    view = xp.as_strided(
+        (n, ho, wo, kh, kw, c),
+        (s0, stride[0] * s1, stride[1] * s2, dilation[0] * s1, dilation[1] * s2, 1),
+    )
     return view.reshape(n * ho * wo, kh * kw * c)
 
 
@@ -247,8 +279,9 @@ def _rows_nhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=CL).permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def gemm_conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent,
-                        mm: MatMul = _mm):
+def gemm_conv2d_forward(
+    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, mm: MatMul = _mm
+):
     """Forward as im2col GEMMs, one per group; channels_last result."""
     n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -265,16 +298,28 @@ def gemm_conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, o
     return to_output(out, out_exponent).permute(0, 3, 1, 2)
 
 
-def gemm_conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups, *, out_dtype,
-                           out_exponent, mm: MatMul = _mm):
+def gemm_conv2d_input_grad(
+    e,
+    w,
+    input_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    *,
+    out_dtype,
+    out_exponent,
+    mm: MatMul = _mm,
+):
     """Input gradient as ``E @ W`` (per group) then a per-tap strided scatter-add (col2im)."""
     n, o, ho, wo = e.shape
     _, cg, kh, kw = w.shape
     og = o // groups
     h, wd = input_size[2], input_size[3]
     rows = _rows_nhwc(e)  # (N·Ho·Wo, O)
-    dxp = torch.zeros((n, h + 2 * padding[0], wd + 2 * padding[1], cg * groups), dtype=out_dtype,
-                      device=e.device)
+    dxp = torch.zeros(
+        (n, h + 2 * padding[0], wd + 2 * padding[1], cg * groups), dtype=out_dtype, device=e.device
+    )
     for g in range(groups):
         wg = w[g * og : (g + 1) * og].permute(0, 2, 3, 1).reshape(og, kh * kw * cg)
         cols = mm(rows[:, g * og : (g + 1) * og], wg, out_dtype).view(n, ho, wo, kh, kw, cg)
@@ -287,8 +332,19 @@ def gemm_conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups, 
     return to_output(dx.contiguous(), out_exponent).permute(0, 3, 1, 2)
 
 
-def gemm_conv2d_weight_grad(x, e, weight_size, stride, padding, dilation, groups, *, out_dtype,
-                            out_exponent, mm: MatMul = _mm):
+def gemm_conv2d_weight_grad(
+    x,
+    e,
+    weight_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    *,
+    out_dtype,
+    out_exponent,
+    mm: MatMul = _mm,
+):
     """Weight gradient as ``colsᵀ @ E`` per group, the columns read through a transposed view."""
     o, cg, kh, kw = weight_size
     og = o // groups
@@ -338,12 +394,19 @@ def _phase_plan(k: int, s: int, d: int, p: int, size: int, n_out: int):
     delta = math.gcd(*(lead - ti for ti in t)) or 1
     q0, q1 = p // s, (p + size - 1) // s  # padded rows p .. p+size-1 live in phases q0 .. q1
     pad = max(0, lead - q0, q1 - n_out + 1)
-    return dict(phase=[(i * d) % s for i in range(k)], pos=[(lead - ti) // delta for ti in t],
-                kt=lead // delta + 1, delta=delta, pad=pad, shift=pad - lead)
+    return dict(
+        phase=[(i * d) % s for i in range(k)],
+        pos=[(lead - ti) // delta for ti in t],
+        kt=lead // delta + 1,
+        delta=delta,
+        pad=pad,
+        shift=pad - lead,
+    )
 
 
-def _phase_input_grad(e, w, input_size, stride, padding, dilation, groups, *, out_dtype,
-                      out_exponent):
+def _phase_input_grad(
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+):
     """Input gradient through oneDNN: one stride-1 conv with ``s_h·s_w·C`` output channels whose
     kernel holds the flipped taps of every phase, then each phase copied to its strided rows."""
     n, o, ho, wo = e.shape
@@ -357,12 +420,23 @@ def _phase_input_grad(e, w, input_size, stride, padding, dilation, groups, *, ou
     wg = w.reshape(groups, og, cg, kh, kw)
     for i in range(kh):
         for j in range(kw):
-            wc[:, :, ph["phase"][i], pw["phase"][j], :, ph["pos"][i], pw["pos"][j]] = (
-                wg[:, :, :, i, j].transpose(1, 2))
+            wc[:, :, ph["phase"][i], pw["phase"][j], :, ph["pos"][i], pw["pos"][j]] = wg[
+                :, :, :, i, j
+            ].transpose(1, 2)
     wc = wc.reshape(c * sh * sw, og, ph["kt"], pw["kt"])
     eu, zp, pad = _as_uint8(e, (ph["pad"], pw["pad"]))
-    y = _onednn_conv(eu, zp, wc, (1, 1), pad, (ph["delta"], pw["delta"]),
-                     groups, terms=og * kh * kw, out_dtype=out_dtype, out_exponent=out_exponent)
+    y = _onednn_conv(
+        eu,
+        zp,
+        wc,
+        (1, 1),
+        pad,
+        (ph["delta"], pw["delta"]),
+        groups,
+        terms=og * kh * kw,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+    )
     if y is None:
         return None
     if stride == (1, 1):
@@ -413,37 +487,77 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_ex
     # grouped convolutions with zero point 128 were wrong in oneDNN 3.12 even unpadded
     if _onednn_exact() and (x.dtype == torch.uint8 or groups == 1):
         xu, zp, pad = _as_uint8(x, padding)
-        y = _onednn_conv(xu, zp, w.contiguous(), stride, pad, dilation, groups,
-                         terms=w.shape[1] * w.shape[2] * w.shape[3], out_dtype=out_dtype,
-                         out_exponent=out_exponent)
+        y = _onednn_conv(
+            xu,
+            zp,
+            w.contiguous(),
+            stride,
+            pad,
+            dilation,
+            groups,
+            terms=w.shape[1] * w.shape[2] * w.shape[3],
+            out_dtype=out_dtype,
+            out_exponent=out_exponent,
+        )
         if y is not None:
             return y
-    return gemm_conv2d_forward(x, w, stride, padding, dilation, groups, out_dtype=out_dtype,
-                               out_exponent=out_exponent)
+    return gemm_conv2d_forward(
+        x, w, stride, padding, dilation, groups, out_dtype=out_dtype, out_exponent=out_exponent
+    )
 
 
-def conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups, *, out_dtype,
-                      out_exponent):
+def conv2d_input_grad(
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+):
     """Phase-decomposed oneDNN convolution; 1×1 strided (and fallback) by GEMM + scatter."""
     one_by_one = w.shape[2] == w.shape[3] == 1
     # the error enters oneDNN with zero point 128, which grouped convolutions got wrong
     if _onednn_exact() and groups == 1 and not (one_by_one and stride != (1, 1)):
-        dx = _phase_input_grad(e, w, input_size, stride, padding, dilation, groups,
-                               out_dtype=out_dtype, out_exponent=out_exponent)
+        dx = _phase_input_grad(
+            e,
+            w,
+            input_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            out_dtype=out_dtype,
+            out_exponent=out_exponent,
+        )
         if dx is not None:
             return dx
-    return gemm_conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups,
-                                  out_dtype=out_dtype, out_exponent=out_exponent)
+    return gemm_conv2d_input_grad(
+        e,
+        w,
+        input_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+    )
 
 
-def conv2d_weight_grad(x, e, weight_size, stride, padding, dilation, groups, *, out_dtype,
-                       out_exponent):
+def conv2d_weight_grad(
+    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+):
     """``_int_mm`` on im2col columns; the im2col-free form where it measured faster."""
     n, c, h, wd = x.shape
     _, _, ho, wo = e.shape
     grid = (h + 2 * padding[0]) * (wd + 2 * padding[1])
     if stride == (1, 1) and groups == 1 and c <= 64 and grid <= 1.2 * ho * wo:
-        return _implicit_weight_grad(x, e, weight_size, padding, dilation, out_dtype=out_dtype,
-                                     out_exponent=out_exponent)
-    return gemm_conv2d_weight_grad(x, e, weight_size, stride, padding, dilation, groups,
-                                   out_dtype=out_dtype, out_exponent=out_exponent)
+        return _implicit_weight_grad(
+            x, e, weight_size, padding, dilation, out_dtype=out_dtype, out_exponent=out_exponent
+        )
+    return gemm_conv2d_weight_grad(
+        x,
+        e,
+        weight_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+    )

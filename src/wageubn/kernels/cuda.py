@@ -61,19 +61,50 @@ def linear_weight_grad(e, x, *, out_dtype, out_exponent):
 
 def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent):
     """im2col GEMM per group."""
-    return cpu.gemm_conv2d_forward(x, w, stride, padding, dilation, groups, out_dtype=out_dtype,
-                                   out_exponent=out_exponent, mm=_mm)
+    return cpu.gemm_conv2d_forward(
+        x,
+        w,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+        mm=_mm,
+    )
 
 
-def conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups, *, out_dtype,
-                      out_exponent):
+def conv2d_input_grad(
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+):
     """E @ W per group, then a per-tap scatter-add."""
-    return cpu.gemm_conv2d_input_grad(e, w, input_size, stride, padding, dilation, groups,
-                                      out_dtype=out_dtype, out_exponent=out_exponent, mm=_mm)
+    return cpu.gemm_conv2d_input_grad(
+        e,
+        w,
+        input_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+        mm=_mm,
+    )
 
 
-def conv2d_weight_grad(x, e, weight_size, stride, padding, dilation, groups, *, out_dtype,
-                       out_exponent):
+def conv2d_weight_grad(
+    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+):
     """colsᵀ @ E per group."""
-    return cpu.gemm_conv2d_weight_grad(x, e, weight_size, stride, padding, dilation, groups,
-                                       out_dtype=out_dtype, out_exponent=out_exponent, mm=_mm)
+    return cpu.gemm_conv2d_weight_grad(
+        x,
+        e,
+        weight_size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+        mm=_mm,
+    )

@@ -18,6 +18,7 @@ stops the run with `TrainingError`; nothing is saved after the failing step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,6 +38,7 @@ from ..data import Batches, derive_seed, load_dataset
 from ..models import create_model
 from ..optim import QSGD
 from ..optim.qsgd import quantized_lr
+from . import parallel
 from .checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -63,6 +65,7 @@ RESUMABLE_KEYS = frozenset(
         "train.tensorboard",
         "train.checkpoint_every_steps",
         "train.eval_every_epochs",
+        "diag.every",
         "train.out_dir",
         "train.run_name",
         "data.root",
@@ -113,7 +116,9 @@ def _load(cfg: RunConfig, split: str, *, augment: bool, subset: int | None) -> A
 # -- model and optimizer ------------------------------------------------------------------------
 
 
-def _build(cfg: RunConfig, num_classes: int, in_channels: int) -> tuple[nn.Module, QSGD, Schedule]:
+def _build(
+    cfg: RunConfig, num_classes: int, in_channels: int, device: torch.device | None = None
+) -> tuple[nn.Module, QSGD, Schedule]:
     torch.manual_seed(cfg.train.seed)
     kwargs = dict(cfg.model.kwargs)
     if cfg.model.width is not None:
@@ -126,10 +131,14 @@ def _build(cfg: RunConfig, num_classes: int, in_channels: int) -> tuple[nn.Modul
         raise RunConfigError(f"model.kwargs: {exc}") from None
     qcfg = cfg.quant_config()
     quantize_(model, qcfg)
+    device = device or torch.device("cpu")
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     schedule = Schedule.from_config(cfg.optim, qcfg.grad_range)
-    sr = torch.Generator().manual_seed(derive_seed(cfg.train.seed, "stochastic-rounding"))
+    sr = torch.Generator(device=device).manual_seed(
+        derive_seed(cfg.train.seed, "stochastic-rounding")
+    )
     opt = QSGD(
         model.parameters(),
         lr=schedule.lr(0),
@@ -187,6 +196,7 @@ def evaluate(
     *,
     channels_last: bool = False,
     num_workers: int = 0,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``."""
     was_training = model.training
@@ -195,6 +205,8 @@ def evaluate(
     batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
     try:
         for x, y in batches:
+            if device is not None:
+                x, y = x.to(device), y.to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
@@ -279,13 +291,17 @@ def train(
         ckpt = load_checkpoint(ckpt_path)
         _check_compatible(cfg, ckpt["run_config"], ckpt_path)
     threads = torch.get_num_threads()
+    ctx = parallel.setup(cfg)
     try:
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
-        run = _Run(cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command)
+        if not ctx.is_main:
+            progress = _Silent()
+        run = _Run(cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command, ctx)
         return run.run()
     finally:
         torch.set_num_threads(threads)
+        parallel.teardown(ctx)
 
 
 class _Run:
@@ -296,13 +312,20 @@ class _Run:
         ckpt_path: Path | None,
         progress: Progress,
         command: list[str] | None,
+        ctx: parallel.DistContext | None = None,
     ) -> None:
         self.cfg, self.progress = cfg, progress
+        self.ctx = ctx = ctx or parallel.DistContext()
+        parallel.check_same_config(ctx, cfg)
         d, t = cfg.data, cfg.train
+        self.device = parallel.device_for(cfg, ctx)
         self.train_ds = _load(cfg, d.train_split, augment=d.augment, subset=d.train_subset)
         self.eval_ds = _load(cfg, d.eval_split, augment=False, subset=d.eval_subset)
         shape = self.train_ds.input_shape
-        self.model, self.opt, self.schedule = _build(cfg, self.train_ds.num_classes, shape[0])
+        self.model, self.opt, self.schedule = _build(
+            cfg, self.train_ds.num_classes, shape[0], self.device
+        )
+        self.net = parallel.wrap(self.model, cfg, ctx, self.device)  # the model, or its DDP
         self.qcfg = self.opt.config
         self.batches = Batches(
             self.train_ds,
@@ -311,6 +334,7 @@ class _Run:
             generator=derive_seed(t.seed, "data"),
             drop_last=len(self.train_ds) >= d.batch_size,  # no tiny last batch for BN statistics
             num_workers=d.num_workers,
+            shard=(ctx.rank, ctx.world),
         )
         self.step, self.best_acc = 0, None
         self.acc = {"window": _zeros(), "epoch": _zeros()}
@@ -319,17 +343,35 @@ class _Run:
             self._restore(ckpt, ckpt_path)
             self.run_dir = ckpt_path.parent
         else:
-            self.run_dir = _new_run_dir(cfg)
+            self.run_dir = Path(
+                parallel.broadcast(ctx, str(_new_run_dir(cfg)) if ctx.is_main else None)
+            )
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
         self.last_good: str | None = str(self.last_path) if ckpt is not None else None
-        self._write_run_files(ckpt_path, ckpt, command)
-        self.metrics = MetricsWriter(
-            self.run_dir,
-            keep_until_step=self.step if ckpt is not None else None,
-            tensorboard=t.tensorboard,
-        )
+        self.diag = None
+        if ctx.is_main:  # only rank 0 writes the run directory
+            self._write_run_files(ckpt_path, ckpt, command)
+            self.metrics = MetricsWriter(
+                self.run_dir,
+                keep_until_step=self.step if ckpt is not None else None,
+                tensorboard=t.tensorboard,
+            )
+            if cfg.diag.every is not None:
+                from ..diagnostics import Diagnostics
+
+                self.diag = Diagnostics(
+                    self.model, every=cfg.diag.every, path=self.run_dir / "diagnostics.jsonl"
+                )
+        else:
+            self.metrics = _NoMetrics()
 
     def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != self.ctx.world:
+            raise CheckpointError(
+                f"{path}: written by {saved_world} process(es), resumed with {self.ctx.world}; "
+                f"resume with the same world size (torchrun --nproc_per_node={saved_world})"
+            )
         try:
             self.model.load_state_dict(ckpt["model"])
             self.opt.load_state_dict(ckpt["optimizer"])
@@ -373,11 +415,16 @@ class _Run:
         info_path.write_text(json.dumps(info, indent=2) + "\n")
 
     def _set_status(self, status: str) -> None:
+        if not self.ctx.is_main:
+            return
         self.info["status"] = status
         self.info_path.write_text(json.dumps(self.info, indent=2) + "\n")
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, epoch: int, *, best: bool = False) -> None:
+        if not self.ctx.is_main:
+            self.last_good = f"{self.last_path} (step {self.step})"
+            return
         model_state, opt_state = self.model.state_dict(), self.opt.state_dict()
         tensors = list(model_state.items()) + [
             (f"momentum buffer of optimizer parameter {i}", s["momentum_buffer"])
@@ -399,6 +446,7 @@ class _Run:
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
             "run_config": self.cfg.to_dict(),
+            "world_size": self.ctx.world,
             "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
         }
         data = serialize_checkpoint(payload)
@@ -475,12 +523,12 @@ class _Run:
             if t.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.step += 1
-            loss, correct = self._step(x, y, epoch)
+            loss, correct, count = self._step(x, y, epoch)
             for acc in self.acc.values():
                 acc["loss_sum"] += loss
                 acc["steps"] += 1
                 acc["correct"] += correct
-                acc["count"] += y.numel()
+                acc["count"] += count
             now = time.perf_counter()
             w = self.acc["window"]
             stats = {
@@ -524,21 +572,33 @@ class _Run:
         self._save(epoch, best=best)
         return True
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, int]:
+    def _step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[float, int, int]:
+        """One optimizer step; returns (mean loss, correct, images) over all processes."""
+        x, y = x.to(self.device), y.to(self.device)
+        recording = self.diag.step(self.step) if self.diag is not None else contextlib.nullcontext()
         try:
-            out = self.model(x)
-            loss = F.cross_entropy(out, y)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise self._error(epoch, f"the loss is {value}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            with recording:
+                out = self.net(x)
+                loss = F.cross_entropy(out, y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise self._error(epoch, f"the loss is {value}")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
         except ValueError as exc:  # a quantizer met NaN/Inf, or the lr rounded to zero
             raise self._error(epoch, " ".join(str(exc).split())) from exc
-        return value, int((out.detach().argmax(1) == y).sum())
+        correct = int((out.detach().argmax(1) == y).sum())
+        if not self.ctx.active:
+            return value, correct, y.numel()
+        loss_sum, correct_sum, count = parallel.all_sum(
+            self.ctx, [value * y.numel(), correct, y.numel()], self.device
+        )
+        return loss_sum / count, int(correct_sum), int(count)
 
     def _evaluate(self, epoch: int) -> bool:
+        if not self.ctx.is_main:  # rank 0 evaluates its model (BN statistics are per process)
+            return False
         bs = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
         try:
             result = evaluate(
@@ -547,6 +607,7 @@ class _Run:
                 bs,
                 channels_last=self.cfg.train.channels_last,
                 num_workers=self.cfg.data.num_workers,
+                device=self.device,
             )
         except ValueError as exc:
             raise self._error(epoch, "evaluation: " + " ".join(str(exc).split())) from exc
@@ -576,6 +637,23 @@ class _Run:
                 "elapsed_s": round(now - self.t0, 3),
             }
         )
+
+
+class _Silent(Progress):
+    """Ranks other than 0 show no progress."""
+
+    def message(self, text: str) -> None:
+        pass
+
+
+class _NoMetrics:
+    """Ranks other than 0 write no metrics."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _zeros() -> dict[str, float | int]:

@@ -111,12 +111,35 @@ class TrainSection:
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the tensorboard package)."""
 
+    device: str = "cpu"
+    """``"cpu"`` or ``"cuda"`` (under torchrun each process takes ``cuda:LOCAL_RANK``)."""
+
+
+@dataclass
+class DistSection:
+    """Data-parallel training under ``torchrun`` (ignored in a single process)."""
+
+    backend: str = "auto"
+    """``"auto"`` (gloo on CPU, nccl on CUDA), ``"gloo"`` or ``"nccl"``."""
+    integer_allreduce: bool = True
+    """Exchange gradients as integer codes with one agreed exponent per bucket (exact sums)."""
+    code_bits: int = 24
+    """Width of the gradient codes of the integer all-reduce (wageubn.distributed)."""
+
+
+@dataclass
+class DiagSection:
+    every: int | None = None
+    """Record per-layer quantizer statistics every N steps into diagnostics.jsonl (None: off)."""
+
 
 _SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
     "optim": OptimSection,
     "train": TrainSection,
+    "dist": DistSection,
+    "diag": DiagSection,
 }
 _QUANT_KEYS = ["preset"] + [f.name for f in dataclasses.fields(WAGEUBNConfig) if f.name != "name"]
 _FREE_DICTS = {"model.kwargs"}  # sub-keys are passed through unchecked
@@ -132,6 +155,8 @@ class RunConfig:
     """``preset`` plus any `WAGEUBNConfig` field overriding it (e.g. ``error2: 16``)."""
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    dist: DistSection = field(default_factory=DistSection)
+    diag: DiagSection = field(default_factory=DiagSection)
 
     def quant_config(self) -> WAGEUBNConfig:
         return WAGEUBNConfig.from_dict(dict(self.quant))
@@ -145,7 +170,7 @@ class RunConfig:
         errors: list[str] = []
         if not isinstance(values, dict):
             raise RunConfigError(f"{source}: expected a mapping at the top level, got {values!r}")
-        top = ["model", "data", "quant", "optim", "train"]
+        top = ["model", "data", "quant", "optim", "train", "dist", "diag"]
         for key in values:
             if key not in top:
                 errors.append(f"unknown key {key!r}{_suggest(str(key), top)}")
@@ -198,6 +223,7 @@ class RunConfig:
             "train.log_every": t.log_every,
             "train.eval_every_epochs": t.eval_every_epochs,
             "train.threads": t.threads,
+            "diag.every": self.diag.every,
         }
         for key, value in positive.items():
             if value is not None and value < 1:
@@ -246,6 +272,15 @@ class RunConfig:
                     quantized_lr(o.lr * mult, qcfg)
                 except ValueError as exc:
                     errors.append(f"optim.lr × lr_multipliers[{i}] = {o.lr * mult:g}: {exc}")
+        if t.device not in ("cpu", "cuda"):
+            errors.append(f"train.device must be 'cpu' or 'cuda', got {t.device!r}")
+        if self.dist.backend not in ("auto", "gloo", "nccl"):
+            errors.append(
+                f"dist.backend must be 'auto', 'gloo' or 'nccl', got {self.dist.backend!r}"
+                + _suggest(str(self.dist.backend), ["auto", "gloo", "nccl"], "")
+            )
+        if not 2 <= self.dist.code_bits <= 31:
+            errors.append(f"dist.code_bits must be in [2, 31], got {self.dist.code_bits}")
         if t.tensorboard:
             try:
                 import tensorboard  # noqa: F401
