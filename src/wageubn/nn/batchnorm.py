@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from .layers import _check_config, _move_parameters
+from .layers import _check_config, retag, swap_module
 from .observe import tap
-from .quantizers import forward_q, tag_parameter
+from .quantizers import forward_q
 
 __all__ = ["QuantBatchNorm2d"]
 
@@ -34,33 +34,25 @@ __all__ = ["QuantBatchNorm2d"]
 class QuantBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with μ, σ, x̂, γ, β quantized as in the released code."""
 
+    PARAM_ROLES = {"weight": "bn", "bias": "bn"}  # QSGD: Q(g, 15) gradients, no weight decay
+
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        tag_parameter(self.weight, "bn")
-        tag_parameter(self.bias, "bn")
+        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.BatchNorm2d, config: WAGEUBNConfig) -> QuantBatchNorm2d:
         """A quantized BN holding ``mod``'s parameters and running statistics (same objects)."""
-        new = cls(**_bn_args(mod), config=config, device="meta")
-        _move_parameters(mod, new)
-        tag_parameter(new.weight, "bn")
-        tag_parameter(new.bias, "bn")
-        return new
+        return swap_module(mod, cls, _bn_args(mod), config=config)
 
     def to_float(self) -> nn.BatchNorm2d:
-        mod = nn.BatchNorm2d(**_bn_args(self), device="meta")
-        _move_parameters(self, mod)
-        tag_parameter(mod.weight, None)
-        tag_parameter(mod.bias, None)
-        return mod
+        return swap_module(self, nn.BatchNorm2d, _bn_args(self))
 
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
         super().__setstate__(state)
-        tag_parameter(self.weight, "bn")
-        tag_parameter(self.bias, "bn")
+        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.config.bn_quantized:

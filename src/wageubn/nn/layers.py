@@ -57,6 +57,22 @@ def _linear_args(mod: nn.Linear) -> dict:
     }
 
 
+def retag(module: nn.Module) -> None:
+    """Tag (or untag) ``module``'s own parameters with the roles its class declares."""
+    roles = getattr(type(module), "PARAM_ROLES", {})
+    for name, p in module.named_parameters(recurse=False):
+        tag_parameter(p, roles.get(name))
+
+
+def swap_module(src: nn.Module, dst_cls: type[nn.Module], args: dict, **extra) -> nn.Module:
+    """A ``dst_cls(**args)`` holding ``src``'s parameter and buffer objects, tagged for ``dst_cls``
+    (built on the meta device: nothing is allocated or copied)."""
+    dst = dst_cls(**args, **extra, device="meta")
+    _move_parameters(src, dst)
+    retag(dst)
+    return dst
+
+
 def _move_parameters(src: nn.Module, dst: nn.Module) -> None:
     """Give ``dst`` the parameter and buffer objects of ``src`` and its train/eval mode."""
     for name, p in src.named_parameters(recurse=False):
@@ -76,30 +92,26 @@ class QuantConv2d(nn.Conv2d):
     feeds both ``dL/dx`` and ``dL/dW`` (the weight gradient is quantized by the optimizer, ``CQ``).
     """
 
+    PARAM_ROLES = {"weight": "weight"}  # QSGD: CQ gradient, 13-bit momentum, 24-bit storage
+
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        tag_parameter(self.weight, "weight")
+        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Conv2d, config: WAGEUBNConfig) -> QuantConv2d:
-        """A quantized conv holding ``mod``'s parameters (the same objects, not copies)."""
-        new = cls(**_conv_args(mod), config=config, device="meta")
-        _move_parameters(mod, new)
-        tag_parameter(new.weight, "weight")
-        return new
+        """A quantized layer holding ``mod``'s parameters (the same objects, not copies)."""
+        return swap_module(mod, cls, _conv_args(mod), config=config)
 
     def to_float(self) -> nn.Conv2d:
         """The plain ``nn.Conv2d`` with the same parameter objects."""
-        mod = nn.Conv2d(**_conv_args(self), device="meta")
-        _move_parameters(self, mod)
-        tag_parameter(mod.weight, None)
-        return mod
+        return swap_module(self, nn.Conv2d, _conv_args(self))
 
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
         super().__setstate__(state)
-        tag_parameter(self.weight, "weight")
+        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":
@@ -117,29 +129,26 @@ class QuantConv2d(nn.Conv2d):
 class QuantLinear(nn.Linear):
     """``nn.Linear`` with W quantized in the forward pass and E2 on the output gradient."""
 
+    PARAM_ROLES = {"weight": "weight"}  # QSGD: CQ gradient, 13-bit momentum, 24-bit storage
+
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        tag_parameter(self.weight, "weight")
+        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: WAGEUBNConfig) -> QuantLinear:
-        """A quantized linear layer holding ``mod``'s parameters (the same objects)."""
-        new = cls(**_linear_args(mod), config=config, device="meta")
-        _move_parameters(mod, new)
-        tag_parameter(new.weight, "weight")
-        return new
+        """A quantized layer holding ``mod``'s parameters (the same objects, not copies)."""
+        return swap_module(mod, cls, _linear_args(mod), config=config)
 
     def to_float(self) -> nn.Linear:
-        mod = nn.Linear(**_linear_args(self), device="meta")
-        _move_parameters(self, mod)
-        tag_parameter(mod.weight, None)
-        return mod
+        """The plain ``nn.Linear`` with the same parameter objects."""
+        return swap_module(self, nn.Linear, _linear_args(self))
 
     def __setstate__(self, state: dict) -> None:
         # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
         super().__setstate__(state)
-        tag_parameter(self.weight, "weight")
+        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":
