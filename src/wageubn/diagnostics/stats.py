@@ -25,7 +25,17 @@ __all__ = ["quantizer_stats"]
 
 
 def _frac(mask: torch.Tensor, n: int) -> float:
-    return float(mask.sum()) / n if n else 0.0
+    return int(torch.count_nonzero(mask)) / n if n else 0.0
+
+
+def _distinct(y: torch.Tensor, lsb: float) -> int:
+    """Distinct values of ``y`` (all multiples of ``lsb``): a histogram of the integer codes when
+    their span is moderate (one pass), else a sort."""
+    codes = torch.round(y * (1.0 / lsb)) if lsb > 0 else y
+    lo, hi = (float(v) for v in torch.aminmax(codes))
+    if hi - lo < 2**22:
+        return int(torch.count_nonzero(torch.bincount((codes - lo).to(torch.int64).flatten())))
+    return int(torch.unique(y).numel())
 
 
 def quantizer_stats(
@@ -38,20 +48,26 @@ def quantizer_stats(
     dr: int | None = None,
     narrow_range: bool = False,
 ) -> dict[str, Any]:
-    """The statistics above for one call (tensors are not modified)."""
-    x = before.detach().double()
-    y = after.detach().double()
+    """The statistics above for one call (tensors are not modified; float32 arithmetic on them is
+    exact: only powers of two scale them)."""
+    x = before.detach()
+    y = after.detach()
     n = x.numel()
-    r = pow2_exponent(before) if n else None
+    r = pow2_exponent(x) if n else None
     nonzero = x != 0
+    levels = 2.0 ** (bits - 1)
+    lsb = {
+        "SQ": 2.0 ** (r - (bits - 1)) if r is not None else 0.0,
+        "FQ": 2.0 ** (r - 2 * (bits - 1)) if r is not None else 0.0,
+        "CQ": 2.0 ** (-2 * (bits - 1)),
+    }.get(kind, 2.0 ** (1 - bits))
     stats: dict[str, Any] = {
         "numel": n,
         "exponent": r,
-        "underflow": _frac(nonzero & (y == 0), int(nonzero.sum())),
-        "distinct": int(torch.unique(y).numel()),
+        "underflow": _frac(nonzero & (y == 0), int(torch.count_nonzero(nonzero))),
+        "distinct": _distinct(y, lsb) if n else 0,
     }
-    levels = 2.0 ** (bits - 1)
-    sat = torch.zeros_like(x, dtype=torch.bool)
+    sat = None
     if kind == "QC":
         sat = torch.round(x * levels).abs() > levels - 1
     elif kind == "SQ" and r is not None:
@@ -61,7 +77,7 @@ def quantizer_stats(
         sat = torch.round((x * 2.0 ** (bits - 1 - r)).abs()) > levels - 1
     elif kind == "CQ" and r is not None and dr is not None:
         sat = (x * 2.0**-r * dr).abs() > dr - 1
-    stats["saturation"] = _frac(sat, n)
+    stats["saturation"] = _frac(sat, n) if sat is not None else 0.0
     if kind == "Q":
         stats["over_range"] = _frac((y * levels).abs() > levels - 1, n)
     if role == "U":
