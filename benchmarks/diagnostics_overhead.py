@@ -25,7 +25,9 @@ from wageubn.models import create_model
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="preact_resnet20")
     p.add_argument("--preset", default="paper")
     p.add_argument("--batch", type=int, default=128)
@@ -71,15 +73,19 @@ def main(argv=None) -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     off = (med["off"] - med["plain"]) / med["plain"]
     rec = (med["recorded"] - med["plain"]) / (args.every * med["plain"])
-    print(f"{args.model} {args.preset} batch {args.batch}, median of {args.rounds} rounds, 2 threads")
+    print(
+        f"{args.model} {args.preset} batch {args.batch}, median of {args.rounds} rounds, 2 threads"
+    )
     print()
     print("| step | ms |")
     print("|---|---|")
     for k in ("plain", "off", "recorded"):
         print(f"| {k} | {med[k] * 1e3:.1f} |")
     print()
-    print(f"overhead of --diag.every {args.every}: {100 * (off + rec):.2f}% "
-          f"(between recordings {100 * off:+.2f}%, recording amortized {100 * rec:.2f}%)")
+    print(
+        f"overhead of --diag.every {args.every}: {100 * (off + rec):.2f}% "
+        f"(between recordings {100 * off:+.2f}%, recording amortized {100 * rec:.2f}%)"
+    )
     return 0
 
 

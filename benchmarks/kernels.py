@@ -71,15 +71,30 @@ def bench(shape, repeats: int):
     e = e.contiguous(memory_format=CL)
     xf, wf, ef = (t.float().contiguous(memory_format=CL) for t in (x, w, e))
     rows = []
-    rows.append(("forward",) + _median_pair(
-        lambda: kernels.conv2d_forward(x, w, s, p, out_exponent=-14),
-        lambda: F.conv2d(xf, wf, stride=s, padding=p), repeats))
-    rows.append(("input grad",) + _median_pair(
-        lambda: kernels.conv2d_input_grad(e, w, x.shape, s, p, out_exponent=-14),
-        lambda: torch.nn.grad.conv2d_input(x.shape, wf, ef, stride=s, padding=p), repeats))
-    rows.append(("weight grad",) + _median_pair(
-        lambda: kernels.conv2d_weight_grad(x, e, w.shape, s, p, out_exponent=-14),
-        lambda: torch.nn.grad.conv2d_weight(xf, w.shape, ef, stride=s, padding=p), repeats))
+    rows.append(
+        ("forward",)
+        + _median_pair(
+            lambda: kernels.conv2d_forward(x, w, s, p, out_exponent=-14),
+            lambda: F.conv2d(xf, wf, stride=s, padding=p),
+            repeats,
+        )
+    )
+    rows.append(
+        ("input grad",)
+        + _median_pair(
+            lambda: kernels.conv2d_input_grad(e, w, x.shape, s, p, out_exponent=-14),
+            lambda: torch.nn.grad.conv2d_input(x.shape, wf, ef, stride=s, padding=p),
+            repeats,
+        )
+    )
+    rows.append(
+        ("weight grad",)
+        + _median_pair(
+            lambda: kernels.conv2d_weight_grad(x, e, w.shape, s, p, out_exponent=-14),
+            lambda: torch.nn.grad.conv2d_weight(xf, w.shape, ef, stride=s, padding=p),
+            repeats,
+        )
+    )
     return rows
 
 
@@ -89,15 +104,20 @@ def main() -> None:
     parser.add_argument("--resnet18-batch", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, backend {kernels.available_backends()}, "
-          f"median of {args.repeats}\n")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, backend {kernels.available_backends()}, "
+        f"median of {args.repeats}\n"
+    )
     print("| layer (batch) | direction | int8 ms | fp32 CL ms | int8/fp32 |")
     print("|---|---|---|---|---|")
     for shape in RESNET20 + resnet18(args.resnet18_batch):
         for direction, t8, t32 in bench(shape, args.repeats):
-            print(f"| {shape[0]} ({shape[1]}) | {direction} | {t8:.2f} | {t32:.2f} | "
-                  f"{t8 / t32:.2f} |", flush=True)
+            print(
+                f"| {shape[0]} ({shape[1]}) | {direction} | {t8:.2f} | {t32:.2f} | "
+                f"{t8 / t32:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def table(rows: list[dict], title: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--fashion-epochs", type=int, default=3)
     p.add_argument("--skip-mnist", action="store_true")
@@ -91,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     if mnist:
-        lines += table(mnist, "Small CNN on MNIST (50k train, 10k test), 1 epoch, batch 32, lr 0.25, momentum 1/4")
+        lines += table(
+            mnist,
+            "Small CNN on MNIST (50k train, 10k test), 1 epoch, batch 32, lr 0.25, momentum 1/4",
+        )
     if fashion:
         lines += table(
             fashion,
@@ -102,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / "reproduce.md").write_text("\n".join(lines) + "\n")
-    (results / "reproduce.json").write_text(json.dumps({"mnist": mnist, "fashion": fashion}, indent=2) + "\n")
+    (results / "reproduce.json").write_text(
+        json.dumps({"mnist": mnist, "fashion": fashion}, indent=2) + "\n"
+    )
     print("\n".join(lines))
     return 0
 
