@@ -43,8 +43,8 @@ def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     Kept as int8 even when non-negative: the weight gradient then stays in int32 for twice the
     ``K`` of uint8 (``K·127·127`` instead of ``K·255·127`` below 2^31). One min/max pass gives the
     exponent and whether the codes are non-negative (``_as_input``)."""
-    cached = getattr(x, "_wageubn_codes", None)
-    if cached is not None and cached[2] == bits:
+    cached = getattr(x, "_wageubn_codes", None)  # set by an int8 QuantReLU on its output
+    if cached is not None and cached[2] == bits and cached[3] == x._version:
         return cached[0], cached[1]
     lo, hi = finite_minmax(x, "int8 activation")
     e = range_exponent_of(max(hi, -lo), bits)
@@ -53,10 +53,12 @@ def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     return codes, e
 
 
-def _as_input(a: torch.Tensor) -> torch.Tensor:
+def _as_input(a: torch.Tensor, nonneg: bool | None = None) -> torch.Tensor:
     """Non-negative int8 codes (0..127, a ReLU output) viewed as uint8 — the same bytes, and the
     oneDNN forward's fastest input; signed codes stay int8."""
-    return a.view(torch.uint8) if bool(a.min() >= 0) else a
+    if nonneg is None:
+        nonneg = bool(a.min() >= 0)
+    return a.view(torch.uint8) if nonneg else a
 
 
 def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:

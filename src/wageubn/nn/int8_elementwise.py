@@ -26,7 +26,9 @@ from __future__ import annotations
 import torch
 
 from ..config import WAGEUBNConfig
-from ..quant import direct_quantize, fit_quantize, shift_quantize
+from ..quant import direct_quantize, mul_pow2, shift_quantize
+from ..quant.functions import range_exponent_of
+from ..quant.rounding import finite_minmax
 
 __all__ = ["int8_batch_norm", "int8_relu", "pack_bits", "unpack_bits"]
 
@@ -59,7 +61,11 @@ class _Int8BatchNorm(torch.autograd.Function):
         std = torch.sqrt(var)
         std_q = _q(std, cfg.bn_std) + cfg.bn_eps
         t = (x - mean_q[:, None, None]) / std_q[:, None, None]
-        xhat = _q(t, cfg.bn_xhat)
+        if cfg.bn_xhat is not None:  # Q(t, k) through its codes, kept for backward
+            codes = mul_pow2(t, cfg.bn_xhat - 1).round_()
+            xhat = mul_pow2(codes, 1 - cfg.bn_xhat)
+        else:
+            xhat = t
         gamma_q = _q(gamma, cfg.bn_gamma) if gamma is not None else None
         beta_q = _q(beta, cfg.bn_beta) if beta is not None else None
         if obs is not None:
@@ -73,8 +79,8 @@ class _Int8BatchNorm(torch.autograd.Function):
         if beta_q is not None:
             y = y + beta_q[:, None, None]
         if cfg.bn_xhat is not None:
-            codes = torch.round(xhat * 2.0 ** (cfg.bn_xhat - 1))
-            if float(codes.abs().max()) < 2**15:
+            lo, hi = torch.aminmax(codes)
+            if max(float(hi), -float(lo)) < 2**15:
                 ctx.xhat_exp = 1 - cfg.bn_xhat
                 xhat_saved = codes.to(torch.int16)  # 2 bytes an element
             else:  # x̂ beyond ±256: keep float (exact), rare
@@ -134,9 +140,20 @@ class _Int8ReLU(torch.autograd.Function):
     def forward(ctx, x, config, obs):  # type: ignore[override]
         mask = x > 0
         r = torch.relu(x)
-        a = fit_quantize(r, config.activation) if config.activation is not None else r
-        if obs is not None and config.activation is not None:
-            obs("A", r, a, "fit", config.activation)
+        if config.activation is not None:
+            bits = config.activation
+            _, hi = finite_minmax(r, "int8 activation")
+            e = range_exponent_of(hi, bits)
+            e = 1 - bits if e is None else max(e, 1 - bits)
+            codes = mul_pow2(r, -e).round_()  # 0 .. 2^(k−1) − 1
+            a = mul_pow2(codes, e)  # = fit_quantize(r, k)
+            # the next int8 conv reuses these codes instead of re-deriving them (same bits; the
+            # tensor's version guards against an in-place change in between)
+            a._wageubn_codes = (codes.to(torch.int8), e, bits, a._version, True)
+            if obs is not None:
+                obs("A", r, a, "fit", bits)
+        else:
+            a = r
         ctx.save_for_backward(pack_bits(mask))
         ctx.shape = x.shape
         ctx.config = config
