@@ -13,31 +13,11 @@ import pytest
 import torch
 import yaml
 
+from test_train import rows_without_timing, tiny  # the tiny-run config shared by both files
 from wageubn.train import CheckpointError, RunConfig, load_checkpoint, load_run_config, train
 from wageubn.train.checkpoint import atomic_write_bytes, serialize_checkpoint
-from wageubn.train.metrics import TIMING_COLUMNS, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny(tmp_path: Path, name: str = "run", **overrides) -> RunConfig:
-    """small_cnn width 4 on 256 MNIST images: 8 steps an epoch, 2 epochs, last.pt every 3 steps."""
-    values = {
-        "model.width": 4,
-        "data.batch_size": 32,
-        "data.train_subset": 256,
-        "data.eval_subset": 200,
-        "data.eval_batch_size": 200,
-        "optim.lr": 0.0625,
-        "train.epochs": 2,
-        "train.out_dir": str(tmp_path),
-        "train.run_name": name,
-        "train.log_every": 2,
-        "train.checkpoint_every_steps": 3,
-        "train.threads": 1,
-    }
-    values.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return load_run_config(None, values)
 
 
 @pytest.fixture(scope="module")
@@ -188,11 +168,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
         for k in sa:
             for x, y in zip(_tensors(sa[k]), _tensors(sb[k]), strict=True):
                 assert torch.equal(x, y), (key, k)
-    strip = [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in read_metrics(run)]
-    assert strip == [
-        {k: v for k, v in r.items() if k not in TIMING_COLUMNS}
-        for r in read_metrics(straight["run_dir"])
-    ]
+    assert rows_without_timing(run) == rows_without_timing(straight["run_dir"])
 
 
 def _tensors(obj):
