@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..config import WAGEUBNConfig
 from ..quant import clipped_direct_quantize, mul_pow2, pow2_exponent
-from ..quant.functions import range_exponent_of
+from ..quant.functions import fit_exponent_of
 from ..quant.rounding import finite_minmax
 from .observe import tap
 
@@ -47,8 +47,7 @@ def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     if cached is not None and cached[2] == bits and cached[3] == x._version:
         return cached[0], cached[1]
     lo, hi = finite_minmax(x, "int8 activation")
-    e = range_exponent_of(max(hi, -lo), bits)
-    e = 1 - bits if e is None else max(e, 1 - bits)
+    e = fit_exponent_of(max(hi, -lo), bits)
     codes = mul_pow2(x.detach(), -e).round_().to(torch.int8)
     return codes, e
 
@@ -129,27 +128,21 @@ class _FloatProducts:
         return F.conv2d(self.decode(a, ea), self.decode(w, ew), None, *geom)
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
-        coarse, fine, e = planes
-        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        err = decode_error2(planes, bits)
         return torch.nn.grad.conv2d_input(shape, self.decode(w, ew), err, *geom)
 
     def conv_weight(self, a, ea, planes, wshape, geom, bits):
-        coarse, fine, e = planes
-        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
+        err = decode_error2(planes, bits)
         return torch.nn.grad.conv2d_weight(self.decode(a, ea), wshape, err, *geom)
 
     def linear_forward(self, a, ea, w, ew):
         return F.linear(self.decode(a, ea), self.decode(w, ew))
 
     def linear_input(self, planes, w, ew, bits):
-        coarse, fine, e = planes
-        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
-        return err @ self.decode(w, ew)
+        return decode_error2(planes, bits) @ self.decode(w, ew)
 
     def linear_weight(self, a, ea, planes, bits):
-        coarse, fine, e = planes
-        err = self.decode(coarse, e) + self.decode(fine, e - bits + 1)
-        return err.t() @ self.decode(a, ea)
+        return decode_error2(planes, bits).t() @ self.decode(a, ea)
 
 
 class _IntegerProducts:
@@ -294,11 +287,14 @@ def _observe_error(obs, grad, planes, bits) -> None:
         obs("E2", grad.detach(), _decoded_error(planes, bits, grad), "FQ", bits)
 
 
-def _decoded_error(planes, bits: int, like: torch.Tensor) -> torch.Tensor:
-    if planes is None:
-        return torch.zeros_like(like)
+def decode_error2(planes: tuple[torch.Tensor, torch.Tensor, int], bits: int) -> torch.Tensor:
+    """The float32 value of E2 planes: ``coarse·2^e + fine·2^(e−k+1)``."""
     coarse, fine, e = planes
     return mul_pow2(coarse.float(), e) + mul_pow2(fine.float(), e - bits + 1)
+
+
+def _decoded_error(planes, bits: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if planes is None else decode_error2(planes, bits)
 
 
 def int8_conv2d(module: Any, x: torch.Tensor) -> torch.Tensor:

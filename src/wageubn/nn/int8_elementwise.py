@@ -27,7 +27,7 @@ import torch
 
 from ..config import WAGEUBNConfig
 from ..quant import direct_quantize, mul_pow2, shift_quantize
-from ..quant.functions import range_exponent_of
+from ..quant.functions import fit_exponent_of
 from ..quant.rounding import finite_minmax
 
 __all__ = ["int8_batch_norm", "int8_relu", "pack_bits", "unpack_bits"]
@@ -142,14 +142,13 @@ class _Int8ReLU(torch.autograd.Function):
         r = torch.relu(x)
         if config.activation is not None:
             bits = config.activation
-            _, hi = finite_minmax(r, "int8 activation")
-            e = range_exponent_of(hi, bits)
-            e = 1 - bits if e is None else max(e, 1 - bits)
+            _, hi = finite_minmax(r, "int8 activation")  # r >= 0: max|r| = hi
+            e = fit_exponent_of(hi, bits)
             codes = mul_pow2(r, -e).round_()  # 0 .. 2^(k−1) − 1
             a = mul_pow2(codes, e)  # = fit_quantize(r, k)
             # the next int8 conv reuses these codes instead of re-deriving them (same bits; the
             # tensor's version guards against an in-place change in between)
-            a._wageubn_codes = (codes.to(torch.int8), e, bits, a._version, True)
+            a._wageubn_codes = (codes.to(torch.int8), e, bits, a._version)
             if obs is not None:
                 obs("A", r, a, "fit", bits)
         else:

@@ -34,6 +34,7 @@ __all__ = [
     "mul_pow2",
     "clipped_direct_quantize",
     "fit_exponent",
+    "fit_exponent_of",
     "fit_quantize",
     "range_exponent",
     "constant_quantize",
@@ -94,7 +95,8 @@ def pow2_scale(x: torch.Tensor) -> torch.Tensor:
     r = pow2_exponent(x, "pow2_scale input")
     if r is None:
         return torch.zeros((), dtype=x.dtype, device=x.device)
-    return _scale(x, r)
+    # 2^r as a 0-dim tensor of x's dtype (exact: a Python float holds every 2^r met here)
+    return torch.tensor(2.0**r, dtype=x.dtype, device=x.device)
 
 
 def mul_pow2(x: torch.Tensor, e: int) -> torch.Tensor:
@@ -116,11 +118,6 @@ def mul_pow2(x: torch.Tensor, e: int) -> torch.Tensor:
     for step in steps:
         y.mul_(float(2.0**step))
     return y
-
-
-def _scale(x: torch.Tensor, r: int) -> torch.Tensor:
-    """``2^r`` as a 0-dim tensor of ``x``'s dtype (exact: a Python float holds any 2^r we meet)."""
-    return torch.tensor(2.0**r, dtype=x.dtype, device=x.device)
 
 
 def shift_quantize(x: torch.Tensor, bits: int, *, narrow_range: bool = False) -> torch.Tensor:
@@ -187,7 +184,13 @@ def range_exponent_of(amax: float, bits: int) -> int | None:
 def fit_exponent(x: torch.Tensor, bits: int) -> int:
     """The ``int8``-mode exponent of A (§6): ``max(range_exponent(x, k), 1 − k)`` — no saturation,
     and never finer than the paper's ``2^(1−k)`` grid (where that grid fits, it is used)."""
-    e = range_exponent(x, bits)
+    lo, hi = finite_minmax(x, "fit_exponent input")
+    return fit_exponent_of(max(hi, -lo), check_bits(bits))
+
+
+def fit_exponent_of(amax: float, bits: int) -> int:
+    """``fit_exponent`` from a known ``max|x|``."""
+    e = range_exponent_of(amax, bits)
     return 1 - bits if e is None else max(e, 1 - bits)
 
 

@@ -85,26 +85,14 @@ def finite_minmax(x: torch.Tensor, what: str = "input") -> tuple[float, float]:
     return lo, hi
 
 
-def _max_abs_checked(x: torch.Tensor, what: str) -> torch.Tensor:
-    """``max|x|`` as a 0-dim tensor, raising on NaN/Inf (``amax`` propagates NaN, so one pass)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        check_finite(x, what)  # raises the TypeError
-    if x.numel() == 0:
-        return torch.zeros((), dtype=x.dtype, device=x.device)
-    lo, hi = torch.aminmax(x.detach())  # one pass, no |x| temporary; NaN propagates
-    amax = torch.maximum(hi, -lo)
-    if not bool(torch.isfinite(amax)):
-        check_finite(x, what)
-    return amax
-
-
 def pow2_exponent(x: torch.Tensor, what: str = "input") -> int | None:
     """The integer ``r`` with ``R(x) = 2^r = 2^round(log2(max|x|))``, or ``None`` if ``x`` is all zeros.
 
     Exact: with ``max|x| = m·2^e`` (``m`` in ``[1/2, 1)``), ``round(log2) = e`` if ``m > sqrt(1/2)``
     else ``e − 1``. Raises ``ValueError`` for NaN/Inf.
     """
-    return round_log2(float(_max_abs_checked(x, what)))
+    lo, hi = finite_minmax(x, what)
+    return round_log2(max(hi, -lo))
 
 
 def round_log2(amax: float) -> int | None:
