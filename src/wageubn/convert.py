@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .config import WAGEUBNConfig
+from .fuse import fuse_bn_relu_
 from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from .quant import direct_quantize
 
@@ -132,6 +133,7 @@ def quantize_(
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
         _snap_to_grid(new, config)
+    fuse_bn_relu_(model)  # speed and memory only: BN computes the ReLU after it where it may
     model._wageubn_config = config  # read by the trainer, the exporter and the diagnostics
     return model
 
