@@ -73,4 +73,3 @@ def fuse_bn_relu_(model: nn.Module) -> int:
         assert isinstance(bn, QuantBatchNorm2d) and isinstance(relu, QuantReLU)
         bn.fuse_relu(relu)
     return len(pairs)
-
