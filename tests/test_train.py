@@ -176,8 +176,11 @@ SMOKE = {
     sorted(p for p in CONFIGS.glob("*.yaml") if p.stem.startswith(("mnist", "fashion"))),
     ids=lambda p: p.stem,
 )
-def test_small_configs_smoke_run(path, tmp_path):
-    """The small shipped configs train 2 steps, evaluate and checkpoint on their real data."""
+def test_small_configs_smoke_run(path, tmp_path, request):
+    """The small shipped configs train 2 steps, evaluate and checkpoint on their real data
+    (Fashion-MNIST ones skip with the install hint where Debian's package is absent)."""
+    if load_run_config(path).data.name == "fashion_mnist":
+        request.getfixturevalue("fashion_mnist_root")
     over = {
         **SMOKE[path.stem.split("_")[0]],
         "data.eval_subset": 50,
@@ -190,6 +193,27 @@ def test_small_configs_smoke_run(path, tmp_path):
     assert result["step"] == 2 and result["status"] == "completed"
     assert 0.0 <= result["eval"]["acc"] <= 1.0 and math.isfinite(result["eval"]["loss"])
     assert load_checkpoint(result["last_checkpoint"])["step"] == 2
+
+
+def test_data_tests_skip_on_a_machine_without_the_data(pytester, monkeypatch, tmp_path):
+    """A fresh machine without Debian's Fashion-MNIST: the smoke runs that need it skip with the
+    install hint as reason instead of erroring, and .ci/run installs that package for CI."""
+    from conftest import FASHION_MNIST_PACKAGE
+    from wageubn.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_ROOT", tmp_path / "absent")
+    result = pytester.runpytest_inprocess(
+        f"{__file__}::test_small_configs_smoke_run",
+        "-k",
+        "fashion",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines([f"*apt-get install {FASHION_MNIST_PACKAGE}*"])
+    ci = (CONFIGS.parent / ".ci" / "run").read_text()
+    assert f"apt-get install -y --no-install-recommends {FASHION_MNIST_PACKAGE}" in ci
 
 
 # -- the loop -----------------------------------------------------------------------------------
