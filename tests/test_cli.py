@@ -78,6 +78,27 @@ def test_missing_dataset_is_one_line(capsys, config, tmp_path):
     assert not (tmp_path / "tiny").exists()  # nothing written for a run that cannot start
 
 
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("optim.lr", "0", "optim.lr must be > 0, got 0"),
+        ("optim.lr", "0.0005", "lr=0.0005 quantizes to 0 with 10 lr bits"),
+        ("optim.momentum", "1.5", "optim.momentum must be in [0, 1], got 1.5"),
+        ("optim.momentum", "-0.25", "optim.momentum must be in [0, 1], got -0.25"),
+    ],
+)
+def test_lr_and_momentum_that_cannot_train_are_config_errors(
+    capsys, config, tmp_path, key, value, expected
+):
+    """A base lr of 0 or one that quantizes to 0 and a momentum outside [0, 1] are refused before
+    anything is written: one line naming the value and the fix, exit status 2."""
+    line = assert_one_line_error(
+        *run(capsys, "train", str(config), f"--{key}", value, "--train.out_dir", str(tmp_path))[::2]
+    )
+    assert expected in line and ("use lr >=" in line or "the paper" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
 def test_argparse_errors_are_one_line(capsys):
     assert_one_line_error(*run(capsys, "train", "--resume")[::2])
     assert_one_line_error(*run(capsys, "frobnicate")[::2])

@@ -124,6 +124,69 @@ def test_semantic_errors_collected(tmp_path):
     assert "did you mean 'mnist'" in msg
 
 
+def test_scheduled_lr_may_decay_below_the_grid_but_the_base_lr_may_not():
+    """The base lr must quantize to a non-zero value; lr × a later multiplier may quantize to 0
+    (a schedule that decays to zero is legal); momentum lies in [0, 1]."""
+    cfg = load_run_config(
+        None, {"optim.lr": 0.0625, "optim.lr_milestones": [1], "optim.lr_multipliers": [1, 0.001]}
+    )
+    assert cfg.optim.lr_multipliers == [1.0, 0.001]
+    for over, msg in [
+        ({"optim.lr": 0}, "optim.lr must be > 0, got 0"),
+        ({"optim.lr": 0.0005}, "optim.lr 0.0005: lr=0.0005 quantizes to 0"),
+        ({"optim.momentum": 1.5}, r"optim.momentum must be in \[0, 1\], got 1.5"),
+        ({"optim.lr_multipliers": [-1.0]}, "optim.lr_multipliers must be >= 0"),
+    ]:
+        with pytest.raises(RunConfigError, match=msg):
+            load_run_config(None, over)
+
+
+def _qsgd_finishes_a_zero_scheduled_lr() -> bool:
+    """Whether QSGD applies a zero update (instead of raising) when a scheduled lr quantizes to 0:
+    the optimizer side of issue 13 item 4, which lands in wageubn.optim separately."""
+    import warnings
+
+    from wageubn import QSGD
+
+    p = torch.zeros(2, requires_grad=True)
+    opt = QSGD([p], lr=0.0625, config="paper", grad_range=128)
+    opt.param_groups[0]["role"] = "weight"
+    opt.param_groups[0]["lr"] = 1e-6
+    p.grad = torch.ones(2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.step()
+    except ValueError:
+        return False
+    return True
+
+
+def test_lr_schedule_decaying_to_zero_finishes_the_run(tmp_path, monkeypatch):
+    """The trainer's own schedule decays to an lr that quantizes to 0 in epoch 1: the run finishes
+    (no error from the trainer), those steps report lr_q 0 and leave the weights unchanged."""
+    if not _qsgd_finishes_a_zero_scheduled_lr():
+        pytest.xfail("QSGD still raises for a scheduled lr that quantizes to 0 (optimizer side)")
+    copies: dict[int, Path] = {}
+    _copy_every_checkpoint(monkeypatch, copies)
+    cfg = tiny(
+        tmp_path,
+        optim__lr_milestones=[1],
+        optim__lr_multipliers=[1.0, 0.001],
+        train__checkpoint_every_steps=None,
+    )
+    with pytest.warns(UserWarning, match="lr"):
+        result = train(cfg)
+    assert result["status"] == "completed" and result["step"] == 16
+    rows = [r for r in read_metrics(result["run_dir"]) if r["kind"] == "train"]
+    assert {r["lr_q"] for r in rows if r["epoch"] == 0} == {0.0625}
+    assert {r["lr_q"] for r in rows if r["epoch"] == 1} == {0.0}
+    before, after = (load_checkpoint(copies[step])["model"] for step in (8, 16))
+    for key, value in before.items():
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(value, after[key]), key
+
+
 def test_imagenet_recipe_schedule():
     """The released recipe: lr 0.05 × [1, .12, .06, .03, .03], dr [128, 128, 32, 8, 2]."""
     cfg = load_run_config(CONFIGS / "imagenet_resnet18_paper.yaml", {"data.root": "/data"})

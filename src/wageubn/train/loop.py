@@ -515,7 +515,7 @@ class _Run:
         t = self.cfg.train
         self.batches.set_epoch(epoch)
         lr, dr = self.schedule.apply(self.opt, epoch)
-        lr_q = quantized_lr(lr, self.qcfg)
+        lr_q = _scheduled_lr_q(lr, self.qcfg)
         self.model.train()
         window_start = time.perf_counter()
         spe = len(self.batches)
@@ -586,7 +586,7 @@ class _Run:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-        except ValueError as exc:  # a quantizer met NaN/Inf, or the lr rounded to zero
+        except ValueError as exc:  # a quantizer met NaN/Inf
             raise self._error(epoch, " ".join(str(exc).split())) from exc
         correct = int((out.detach().argmax(1) == y).sum())
         if not self.ctx.active:
@@ -654,6 +654,16 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def _scheduled_lr_q(lr: float, qcfg: Any) -> float:
+    """``QC(lr, k_LR)`` of a scheduled lr, for the metrics. The config refuses a base lr that
+    quantizes to 0; a schedule may decay below the grid (the released recipe avoids it, a user's
+    may not): then lr_q is 0, QSGD warns once and applies no update, and the run goes on."""
+    try:
+        return quantized_lr(lr, qcfg)
+    except ValueError:  # quantized_lr's only error: a non-zero lr below half an lr step
+        return 0.0
 
 
 def _zeros() -> dict[str, float | int]:
