@@ -159,6 +159,32 @@ def test_plot_of_a_non_run_is_one_line(capsys, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "argv, missing, extra",
+    [
+        (["plot", "RUN", "--out", "OUT/curves.png"], "matplotlib", "plot"),
+        (["inspect", "RUN"], "matplotlib", "plot"),
+        (["profile", "--model", "small_cnn", "--preset", "paper", "--batch", "2", "--plot",
+          "OUT/energy.png"], "matplotlib", "plot"),
+        (["export", "RUN/last.pt", "--out", "OUT/model.safetensors"], "safetensors", "export"),
+    ],
+    ids=["plot", "inspect", "profile-plot", "export"],
+)  # fmt: skip
+def test_missing_optional_extra_names_the_pip_install(
+    capsys, monkeypatch, tmp_path, argv, missing, extra
+):
+    """Without matplotlib / safetensors a command says which `pip install "torch-wageubn[...]"`
+    fixes it (one line, exit 2), before doing any work."""
+    for name in list(sys.modules):
+        if name == missing or name.startswith(missing + "."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it raises ModuleNotFoundError
+    argv = [a.replace("RUN", str(tmp_path / "run")).replace("OUT", str(tmp_path)) for a in argv]
+    line = assert_one_line_error(*run(capsys, *argv)[::2])
+    assert f'needs {missing}, which is not installed: pip install "torch-wageubn[{extra}]"' in line
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_training_failure_exit_1(capsys, config, tmp_path):
     code, _, err = run(
         capsys,

@@ -177,10 +177,12 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error)."""
     from .data import DatasetNotFoundError
+    from .extras import MissingExtraError
     from .train import CheckpointError, RunConfigError, TrainingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
+    user_errors += (MissingExtraError,)
     try:
         parser, extra = build_parser()
         user_errors += extra

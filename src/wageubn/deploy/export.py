@@ -385,9 +385,10 @@ def export_model(
     ``float_weight_bits`` (8 or 16) per-tensor power-of-two codes; 16-bit codes run as two int8
     digits. Raises ``UnsupportedModuleError`` for a float model or an op without integer deployment.
     """
-    from safetensors.torch import save_file
-
     from ..data import MEAN_STD
+    from ..extras import require
+
+    save_file = require("safetensors.torch", "export", "export_model (wageubn export)").save_file
 
     source: dict[str, Any] = {}
     if isinstance(model_or_checkpoint, (str, Path)):
