@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import yaml
 from test_train import rows_without_timing, tiny  # the tiny-run config shared by both files
 from wageubn.train import CheckpointError, RunConfig, load_checkpoint, load_run_config, train
 from wageubn.train.checkpoint import atomic_write_bytes, serialize_checkpoint
+from wageubn.train.lifecycle import describe_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,8 +218,14 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     saved = load_checkpoint(run / "last.pt")
     steps_total = 2 * 2048 // 32
     assert 0 < saved["step"] < steps_total, "the run finished before it could be killed"
+    info = json.loads((run / "run.json").read_text())  # SIGKILL leaves "running" behind...
+    gone = f"ended without a final status: process {proc.pid} on {info['owner']['host']} is gone"
+    assert info["status"] == "running" and describe_status(info)[0].startswith(gone)  # ...seen
     resumed = train(load_run_config(path), resume=run)
     assert resumed["step"] == steps_total and resumed["status"] == "completed"
+    assert json.loads((run / "run.json").read_text())["resumes"][0]["previous_status"].startswith(
+        gone
+    )
     straight = train(load_run_config(path, {"train.run_name": "straight"}))
     a, b = load_checkpoint(straight["last_checkpoint"]), load_checkpoint(resumed["last_checkpoint"])
     for key in ("model", "optimizer"):

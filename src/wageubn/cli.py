@@ -67,12 +67,19 @@ def train_command(args: argparse.Namespace) -> int:
         progress = ProgressBar(sys.stderr)
     else:
         progress = LogProgress(cfg.train.log_every)
-    result = train(cfg, resume=args.resume, progress=progress, command=["wageubn", *args.argv])
+    result = train(
+        cfg,
+        resume=args.resume,
+        progress=progress,
+        command=["wageubn", *args.argv],
+        handle_signals=True,
+    )
     ev = result["eval"]
     summary = f"{result['status']} after {result['step']} steps; run directory {result['run_dir']}"
     if ev is not None:
         summary += f"; {ev['split']} accuracy {ev['acc']:.4f} loss {ev['loss']:.4f}"
-    print(summary)
+    if _is_rank0():
+        print(summary)
     return 0
 
 
@@ -84,6 +91,8 @@ def eval_command(args: argparse.Namespace) -> int:
         f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
         f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
     )
+    if r["run_status"] is not None:
+        print(f"run status: {r['run_status']}")
     return 0
 
 
@@ -169,20 +178,37 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     return parser, user_errors
 
 
+def _is_rank0() -> bool:
+    """Not a torchrun worker, or its rank 0: the process that speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _report(text: str) -> None:
+    if _is_rank0():
+        print(text, file=sys.stderr)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error)."""
-    from .data import DatasetNotFoundError
+    """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error or a file
+    to fix, 128 + N stopped by signal N). Under torchrun only rank 0 prints."""
+    from .data import CorruptDataError, DatasetNotFoundError
     from .extras import MissingExtraError
-    from .train import CheckpointError, RunConfigError, TrainingError
+    from .train import (
+        CheckpointError,
+        RunConfigError,
+        TrainingError,
+        TrainingInterrupted,
+        TrainingIOError,
+    )
 
     argv = list(sys.argv[1:] if argv is None else argv)
     user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
-    user_errors += (MissingExtraError,)
+    user_errors += (MissingExtraError, CorruptDataError, TrainingIOError)
     try:
         parser, extra = build_parser()
         user_errors += extra
@@ -193,16 +219,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides, args.argv = overrides, argv
         return int(args.func(args))
     except user_errors as exc:
-        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: error: {_one_line(exc)}")
         return 2
     except FileNotFoundError as exc:
-        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: error: {_one_line(exc)}")
         return 2
     except TrainingError as exc:
-        print(f"wageubn: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: {_one_line(exc)}")
         return 1
+    except TrainingInterrupted as exc:
+        _report(f"wageubn: {_one_line(exc)}")
+        return 128 + exc.signum  # 143 for SIGTERM, 130 for SIGINT, as the shell reports them
     except KeyboardInterrupt:
-        print("wageubn: interrupted; continue with wageubn train --resume RUN_DIR", file=sys.stderr)
+        _report("wageubn: interrupted; continue with wageubn train --resume RUN_DIR")
         return 130
 
 
