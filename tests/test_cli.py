@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -208,6 +209,7 @@ def test_python_dash_m(tmp_path):
         text=True,
         cwd=tmp_path,
         timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},  # this checkout's package
     )
     assert proc.returncode == 0 and proc.stdout.split() == list_models()
 

@@ -183,9 +183,13 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _report(text: str) -> None:
+def _report(text: str, *, every_rank: bool = False) -> None:
+    """Print on rank 0; with ``every_rank`` (a failure during the run, which may be one rank's
+    own) also on the others, naming the rank."""
     if _is_rank0():
         print(text, file=sys.stderr)
+    elif every_rank:
+        print(text.replace("wageubn:", f"wageubn: rank {os.environ['RANK']}:", 1), file=sys.stderr)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -208,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
-    user_errors += (MissingExtraError, CorruptDataError, TrainingIOError)
+    user_errors += (MissingExtraError, CorruptDataError)
     try:
         parser, extra = build_parser()
         user_errors += extra
@@ -218,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"wageubn {args.command}: unexpected argument {overrides[0]}")
         args.overrides, args.argv = overrides, argv
         return int(args.func(args))
+    except TrainingIOError as exc:  # a file to fix, found during the run
+        _report(f"wageubn: error: {_one_line(exc)}", every_rank=True)
+        return 2
     except user_errors as exc:
         _report(f"wageubn: error: {_one_line(exc)}")
         return 2
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(f"wageubn: error: {_one_line(exc)}")
         return 2
     except TrainingError as exc:
-        _report(f"wageubn: {_one_line(exc)}")
+        _report(f"wageubn: {_one_line(exc)}", every_rank=True)
         return 1
     except TrainingInterrupted as exc:
         _report(f"wageubn: {_one_line(exc)}")

@@ -92,6 +92,7 @@ RESUMABLE_KEYS = frozenset(
         "data.root",
         "data.num_workers",
         "data.eval_batch_size",
+        "dist.timeout",
     }
 )
 
@@ -345,6 +346,7 @@ def train(
         _check_compatible(cfg, ckpt["run_config"], ckpt_path)
     threads = torch.get_num_threads()
     ctx = parallel.setup(cfg)
+    clean = False
     try:
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
@@ -355,10 +357,12 @@ def train(
                 cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command, ctx
             )
             run.stop = stop
-            return run.run()
+            result = run.run()
+        clean = True
+        return result
     finally:
         torch.set_num_threads(threads)
-        parallel.teardown(ctx)
+        parallel.teardown(ctx, clean=clean)
 
 
 class _Run:
@@ -467,7 +471,8 @@ class _Run:
             )
         if info.get("status") == "running":
             self.previous_status = status
-            log.warning("%s: the previous run %s; resuming from %s", self.run_dir, status, path)
+            if self.ctx.is_main:
+                log.warning("%s: the previous run %s; resuming from %s", self.run_dir, status, path)
 
     def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
         saved_world = int(ckpt.get("world_size", 1))
@@ -646,6 +651,19 @@ class _Run:
             if exc.errno == errno.ENOSPC:
                 what = f"the disk holding {self.run_dir} is full"
             error = self._io_error(epoch, what)
+            self._set_status(f"failed: {error}")
+            raise error from None
+        except RuntimeError as exc:
+            if not (self.ctx.active and parallel.is_timeout(exc)):
+                self._set_status(f"crashed at step {self.step}: {type(exc).__name__}: {exc}")
+                raise
+            error = self._error(
+                epoch,
+                f"another process did not answer within dist.timeout={self.cfg.dist.timeout:g} s "
+                f"({' '.join(str(exc).split())[:200]})",
+                fix="check that every process is alive; raise --dist.timeout if rank 0's "
+                "evaluation or checkpoint takes longer",
+            )
             self._set_status(f"failed: {error}")
             raise error from None
         except Exception as exc:

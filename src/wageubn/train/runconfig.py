@@ -128,6 +128,10 @@ class DistSection:
     """Exchange gradients as integer codes with one agreed exponent per bucket (exact sums)."""
     code_bits: int = 24
     """Width of the gradient codes of the integer all-reduce (wageubn.distributed)."""
+    timeout: float = 600.0
+    """Seconds a process waits for the others in a collective (the all-reduce of each step, rank
+    0's evaluation and checkpoint) before the run stops with an error instead of hanging on a
+    process that stopped answering; raise it when rank 0's evaluation takes longer."""
 
 
 @dataclass
@@ -288,6 +292,8 @@ class RunConfig:
             )
         if not 2 <= self.dist.code_bits <= 31:
             errors.append(f"dist.code_bits must be in [2, 31], got {self.dist.code_bits}")
+        if not 0 < self.dist.timeout < float("inf"):
+            errors.append(f"dist.timeout must be a number of seconds > 0, got {self.dist.timeout}")
         if t.tensorboard:
             try:
                 import tensorboard  # noqa: F401
