@@ -109,10 +109,10 @@ def read_run_info(path: Path) -> dict[str, Any] | None:
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # torn by a crash, or unreadable
-        log.warning("%s: cannot be read (%s); its run history is not carried on", path, exc)
+        log.warning("%s: cannot be read (%s); treated as absent", path, exc)
         return None
     if not isinstance(info, dict):
-        log.warning("%s: not a JSON object; its run history is not carried on", path)
+        log.warning("%s: not a JSON object; treated as absent", path)
         return None
     return info
 
@@ -146,8 +146,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in self._previous.items():  # None: a handler installed outside Python
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
 
     @property
