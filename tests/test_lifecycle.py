@@ -17,7 +17,6 @@ from wageubn import cli
 from wageubn.train import (
     CheckpointError,
     RunConfigError,
-    evaluate_checkpoint,
     load_checkpoint,
     train,
 )
@@ -138,8 +137,8 @@ def test_running_status_of_a_dead_process_is_reported_and_resume_goes_on(tmp_pat
     info["owner"] = {**owner_record(), "pid": _dead_pid()}
     (run / "run.json").write_text(json.dumps(info))
     gone = f"ended without a final status: process {info['owner']['pid']}"
-    assert evaluate_checkpoint(run, batch_size=1000)["run_status"].startswith(gone)
-    assert cli.main(["eval", str(run), "--batch-size", "1000"]) == 0
+    assert describe_status(info)[0].startswith(gone)
+    assert cli.main(["eval", str(run), "--batch-size", "1000"]) == 0  # evaluate_checkpoint
     assert f"run status: {gone}" in capsys.readouterr().out
     resumed = train(tiny(tmp_path, train__max_steps=6), resume=run)
     assert resumed["step"] == 6 and resumed["status"] == "stopped at max_steps=6"

@@ -423,6 +423,7 @@ class _Run:
         self.last_good = f"{ckpt_path} (step {self.step})" if ckpt is not None else None
         self.diag = None
         self.metrics: Any = _NoMetrics()
+        failed: TrainingIOError | None = None
         if ctx.is_main:  # only rank 0 writes the run directory
             try:
                 self._write_run_files(ckpt_path, ckpt, command)
@@ -444,10 +445,13 @@ class _Run:
                     if ckpt is not None
                     else "pass a writable --train.out_dir"
                 )
-                raise TrainingIOError(
+                failed = TrainingIOError(
                     f"cannot write to the run directory {self.run_dir} ({_reason(exc)}); "
                     f"nothing was trained; {kept}"
-                ) from None
+                )
+        failed = parallel.broadcast(ctx, failed)  # every rank stops, not only rank 0
+        if failed is not None:
+            raise failed
 
     def _check_resumable(self, path: Path) -> None:
         """Refuse a resume that would do nothing or race a live process (before any write)."""
