@@ -94,6 +94,16 @@ def test_resume_needs_the_same_world_size(tmp_path):
     assert "written by 2 process(es), resumed with 1" in single.stderr
 
 
+def test_torchrun_batch_that_three_processes_do_not_divide(tmp_path):
+    """torchrun --nproc_per_node=3 with a global batch of 32: the reason is printed once, by rank
+    0, and no worker prints a traceback (each did before)."""
+    r = torchrun(tmp_path, "odd", nproc=3)
+    assert r.returncode != 0
+    assert r.stdout.count("wageubn: error: data.batch_size 32") == 1, r.stdout[-3000:]
+    assert "[rank" not in r.stdout, r.stdout[-3000:]  # torchrun prefixes worker tracebacks
+    assert not (tmp_path / "odd").exists()
+
+
 @pytest.mark.parametrize("rank", ["0", "1", "2"])
 def test_batch_that_the_world_size_does_not_divide(tmp_path, capsys, monkeypatch, rank):
     """torchrun --nproc_per_node=3 with a global batch of 32: every rank stops before joining the

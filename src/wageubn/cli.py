@@ -25,6 +25,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "wageubn.diagnostics.inspect",
     "wageubn.profile.command",
 )
+
+
+# Seconds a failing torchrun worker other than rank 0 waits before exiting (see console_main).
+RANK0_GRACE_S = 10.0
 
 
 class UsageError(Exception):
@@ -246,6 +251,11 @@ def console_main() -> None:
     """Entry point of the ``wageubn`` console script (and of ``python -m wageubn``)."""
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if code != 0 and not _is_rank0():
+            # Rank 0 reports what the ranks share (a config error all of them raised), and
+            # torchrun stops every worker as soon as one fails: leave rank 0 the time to say it.
+            # torchrun ends this wait when rank 0 exits.
+            time.sleep(RANK0_GRACE_S)
         # A torchrun worker: gloo's threads can abort the process (SIGABRT) during interpreter
         # finalization even after destroy_process_group (pytorch/pytorch#190489), which torchrun
         # reports as a failed run. Everything is written and flushed: leave without finalizing.
