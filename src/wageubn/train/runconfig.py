@@ -278,9 +278,15 @@ class RunConfig:
         # quantizes to 0: those epochs apply no update (QSGD warns once) and the run finishes.
         if o.lr > 0:
             try:
-                quantized_lr(o.lr, qcfg)
+                lr_q = quantized_lr(o.lr, qcfg)
             except ValueError as exc:
                 errors.append(f"optim.lr {o.lr:g}: {exc}")
+            else:  # whether quantized_lr raises for a zero result or returns it
+                if lr_q == 0:
+                    errors.append(
+                        f"optim.lr {o.lr:g} quantizes to 0 with {qcfg.lr} lr bits; use "
+                        f"lr >= {2.0**-qcfg.lr:g} or more lr bits (--quant.lr)"
+                    )
         if any(not m >= 0 for m in o.lr_multipliers):
             errors.append(f"optim.lr_multipliers must be >= 0, got {o.lr_multipliers}")
         if t.device not in ("cpu", "cuda"):
