@@ -83,7 +83,7 @@ def test_missing_dataset_is_one_line(capsys, config, tmp_path):
     "key, value, expected",
     [
         ("optim.lr", "0", "optim.lr must be > 0, got 0"),
-        ("optim.lr", "0.0005", "lr=0.0005 quantizes to 0 with 10 lr bits"),
+        ("optim.lr", "0.0005", "0.0005 quantizes to 0 with 10 lr bits"),
         ("optim.momentum", "1.5", "optim.momentum must be in [0, 1], got 1.5"),
         ("optim.momentum", "-0.25", "optim.momentum must be in [0, 1], got -0.25"),
     ],

@@ -133,7 +133,7 @@ def test_scheduled_lr_may_decay_below_the_grid_but_the_base_lr_may_not():
     assert cfg.optim.lr_multipliers == [1.0, 0.001]
     for over, msg in [
         ({"optim.lr": 0}, "optim.lr must be > 0, got 0"),
-        ({"optim.lr": 0.0005}, "optim.lr 0.0005: lr=0.0005 quantizes to 0"),
+        ({"optim.lr": 0.0005}, "optim.lr 0.0005.*quantizes to 0 with 10 lr bits"),
         ({"optim.momentum": 1.5}, r"optim.momentum must be in \[0, 1\], got 1.5"),
         ({"optim.lr_multipliers": [-1.0]}, "optim.lr_multipliers must be >= 0"),
     ]:
