@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+
 __all__ = ["add_parser", "format_table", "heatmaps", "load_rows", "run", "summarize"]
 
 FILE = "diagnostics.jsonl"
@@ -74,8 +76,7 @@ def format_table(summary: list[dict[str, Any]], limit: int | None = None) -> str
 def heatmaps(rows: list[dict[str, Any]], out: str | Path) -> Path:
     """A PNG with two heat maps (saturation, underflow): rows = layer.role, columns = steps.
     For U the underflow map shows the fraction of weights that did not move."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plot", "the heat maps of wageubn inspect")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -125,6 +126,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("matplotlib", "plot", "the heat maps of wageubn inspect")  # before any output
     rows = load_rows(args.run)
     print(format_table(summarize(rows), args.top))
     run_path = Path(args.run)

@@ -265,8 +265,9 @@ def _mac_area(p: Profile, view: str) -> float:
 def plot_profiles(profiles: list[Profile], path: str) -> str:
     """Stacked bars: compute energy by op type, and memory energy by tensor role, per preset and
     view (matplotlib with the Agg backend, imported here). Returns ``path``."""
-    import matplotlib
+    from ..extras import require
 
+    matplotlib = require("matplotlib", "plot", "plot_profiles (wageubn profile --plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..extras import require
 from .metrics import read_metrics
 
 __all__ = ["plot_runs"]
@@ -18,18 +19,18 @@ def plot_runs(runs: list[str | Path], out: str | Path, *, x: str = "epoch") -> P
     """Write the curves of ``runs`` (run directories) to ``out``; returns its path.
 
     Raises ``FileNotFoundError`` for a directory without metrics.jsonl, ``ValueError`` for a bad
-    ``x`` (``"epoch"`` or ``"step"``), ``ImportError`` when matplotlib is missing.
+    ``x`` (``"epoch"`` or ``"step"``), ``MissingExtraError`` (an ImportError naming the ``plot``
+    extra) when matplotlib is missing.
     """
     if x not in ("epoch", "step"):
         raise ValueError(f"plot_runs: x must be 'epoch' or 'step', got {x!r}")
+    matplotlib = require("matplotlib", "plot", "plot_runs (wageubn plot)")
     data = []
     for run in runs:
         run = Path(run)
         if not (run / "metrics.jsonl").is_file():
             raise FileNotFoundError(f"{run}: no metrics.jsonl (is it a run directory?)")
         data.append((run.name, read_metrics(run)))
-    import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
