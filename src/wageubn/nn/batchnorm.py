@@ -35,12 +35,15 @@ import torch
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..quant.device import const
 from .activation import ActivationSpec, attach_codes, mark_activated
 from .fused import (
     ChannelLayout,
     bn_backward,
     bn_backward_sums,
+    bn_coefficients,
     bn_forward,
+    bn_moments,
     bn_params,
     bn_relu_int8_forward,
     bn_running_update,
@@ -65,19 +68,22 @@ class _Spec:
     batch_stats: bool
     relu: bool
     act: ActivationSpec
-    xhat_dtype: torch.dtype | None  # int8 mode: the x̂ codes kept for backward
+    xhat_planes: int | None  # int8 mode: the x̂ codes kept for backward, as byte planes
 
     @property
     def xhat_exp(self) -> int | None:
-        return None if self.xhat_dtype is None else 1 - self.k_xhat  # type: ignore[operator]
+        return None if self.xhat_planes is None else 1 - self.k_xhat  # type: ignore[operator]
 
 
-def xhat_code_dtype(bits: int, per_channel: int) -> torch.dtype:
-    """The integer dtype that holds every x̂ code of a batch-normalized channel of ``per_channel``
+def xhat_code_planes(bits: int, per_channel: int) -> int:
+    """How many bytes hold every x̂ code of a batch-normalized channel of ``per_channel``
     elements: ``|x − mean| <= sqrt(M − 1)·std``, so ``|t| <= sqrt(M)`` plus the small rounding
-    of the quantized mean and σ (σ_q >= σ); int16 while ``2^(k−1)·(1.01·sqrt(M) + 4)`` fits."""
+    of the quantized mean and σ (σ_q >= σ); codes ``|n| <= 2^(k−1)·(1.01·sqrt(M) + 4)``."""
     bound = 2.0 ** (bits - 1) * (1.01 * math.sqrt(per_channel) + 4)
-    return torch.int16 if bound < 2**15 - 1 else torch.int32
+    planes = 2
+    while bound >= 2.0 ** (8 * planes - 1) - 1:
+        planes += 1
+    return planes
 
 
 class QuantBatchNorm2d(nn.BatchNorm2d):
@@ -133,14 +139,15 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
             relu = None  # the ReLU runs itself (hooks see the unfused values)
         layout = ChannelLayout(x)
         x3 = layout.view3(x)
+        count = const(float(layout.per_channel), torch.float64, x.device, "count")
         batch_stats = self.training or self.running_mean is None
         int8 = cfg.arithmetic == "int8"
         lo = hi = None
         if batch_stats or (int8 and relu is not None):
-            mean, var, lo, hi = bn_stats(x3)
+            mean, var, lo, hi = bn_moments(*bn_stats(x3), count, layout.k)
         if batch_stats:
             if self.training and self.track_running_stats and self.running_mean is not None:
-                self._update_running_stats(mean, var, x3.shape[0] * x3.shape[2])
+                self._update_running_stats(mean, var, count)
         else:  # copies: the buffers may change before this step's backward reads them
             mean, var = self.running_mean.clone(), self.running_var.clone()
         act = ActivationSpec.of(relu.config if relu is not None else cfg)
@@ -155,18 +162,18 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
             batch_stats=batch_stats,
             relu=relu is not None,
             act=act,
-            xhat_dtype=xhat_code_dtype(cfg.bn_xhat, x3.shape[0] * x3.shape[2]) if codes else None,
+            xhat_planes=xhat_code_planes(cfg.bn_xhat, layout.per_channel) if codes else None,
         )
         obs = tap(self)
         out = _BatchNorm.apply(
-            x, self.weight, self.bias, mean, var, lo, hi, spec, layout, obs, tap(relu)
+            x, self.weight, self.bias, mean, var, lo, hi, count, spec, layout, obs, tap(relu)
         )
         if relu is not None:
             mark_activated(out, relu)
         return out
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
         """``torch.nn.BatchNorm2d``'s update (unbiased variance, exponential or cumulative
         average), skipped on the device when the batch statistics are not finite."""
         tracked = self.num_batches_tracked
@@ -193,99 +200,87 @@ class _BatchNorm(torch.autograd.Function):
     """BN (and, with ``spec.relu``, ReLU + A) forward; the straight-through backward."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, mean, var, lo, hi, spec: _Spec, layout, obs, relu_obs):  # type: ignore[override]
+    def forward(ctx, x, gamma, beta, mean, var, lo, hi, count, spec: _Spec, layout, obs, relu_obs):  # type: ignore[override]
         x3 = layout.view3(x)
         act = spec.act
+        int8_act = spec.relu and act.int8 and act.activation is not None
         params = bn_params(
-            mean,
-            var,
-            None if gamma is None else gamma.detach(),
-            None if beta is None else beta.detach(),
-            spec.eps,
-            spec.k_mean,
-            spec.k_std,
-            spec.k_gamma,
-            spec.k_beta,
-        )
-        mu_q, std, sigma_q, gamma_q, beta_q = params
-        xcodes = None
-        if spec.relu and act.int8 and act.activation is not None:
+            mean, var, None if gamma is None else gamma.detach(),
+            None if beta is None else beta.detach(), lo if int8_act else None,
+            hi if int8_act else None, spec.eps, spec.k_mean, spec.k_std, spec.k_xhat,
+            spec.k_gamma, spec.k_beta, act.activation if int8_act else None, layout.k,
+        )  # fmt: skip
+        tiled = params[5:9]  # mu_q, sigma_q, gamma_q, beta_q for the widened view
+        if int8_act:
+            e, guard, d0, d1, u0, u1 = params[10:16]
             outs = bn_relu_int8_forward(
-                x3, mu_q, sigma_q, gamma_q, beta_q, lo, hi, spec.k_xhat, act.activation,
-                spec.xhat_dtype,
-            )  # fmt: skip
+                x3, *tiled, d0, d1, u0, u1, guard, spec.k_xhat, spec.xhat_planes
+            )
             out = layout.back(outs[0])
-            attach_codes(out, layout.back(outs[1]), outs[2], outs[3], act.activation)
-            if spec.xhat_dtype is not None:
-                xcodes = outs[4]
+            attach_codes(out, layout.back(outs[1]), e, guard, act.activation)
+            planes = outs[2:]
         else:
-            outs = bn_forward(
-                x3, mu_q, sigma_q, gamma_q, beta_q, spec.k_xhat, act.activation, spec.relu,
-                spec.xhat_dtype,
-            )  # fmt: skip
+            outs = bn_forward(x3, *tiled, spec.k_xhat, act.activation, spec.relu, spec.xhat_planes)
             out = layout.back(outs[0])
-            if spec.xhat_dtype is not None:
-                xcodes = outs[1]
+            planes = outs[1:]
         if obs is not None or relu_obs is not None:
-            _observe_forward(obs, relu_obs, x3, gamma, beta, mean, std, params, spec, out, layout)
-        ctx.save_for_backward(
-            x3 if xcodes is None else xcodes, mean, std, *params[0:1], *params[2:]
-        )
+            _observe_forward(obs, relu_obs, x3, gamma, beta, mean, params, spec, out, layout)
+        kept = (*planes, None, None)[:3] if planes else (x3, None, None)  # planes or the input
+        # per channel: std, sigma_q, gamma_q; tiled: mu_q, sigma_q, gamma_q, beta_q, mean
+        ctx.save_for_backward(*kept, params[1], params[2], params[3], *params[5:10], count)
         ctx.spec, ctx.layout, ctx.relu_obs = spec, layout, relu_obs
         ctx.has = (gamma is not None, beta is not None)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        src3, mean, std, mu_q, sigma_q, gamma_q, beta_q = ctx.saved_tensors
-        spec, act = ctx.spec, ctx.spec.act
-        g3 = ctx.layout.view3(grad)
+        src3, p1, p2, std, sigma_q, gamma_q, *tiled, mean_t, count = ctx.saved_tensors
+        spec, act, layout = ctx.spec, ctx.spec.act, ctx.layout
+        g3 = layout.view3(grad)
         e1 = act.error1 if spec.relu else None
-        s0, s1, s2, r, guard = bn_backward_sums(
-            g3, src3, mu_q, sigma_q, gamma_q, beta_q, spec.k_xhat, spec.xhat_exp, spec.relu, e1,
-            act.e1_limit,
-        )  # fmt: skip
+        sums = bn_backward_sums(
+            g3, src3, p1, p2, *tiled, spec.k_xhat, spec.xhat_exp, spec.relu, e1, act.e1_limit
+        )
+        s0, s1, s2, _, *factors = sums
         if ctx.relu_obs is not None and e1 is not None:
             from ..quant import device
 
             ctx.relu_obs("E1", grad.detach(), device.q_shift(grad, e1, act.int8)[0], "SQ", e1,
                          narrow_range=act.int8)  # fmt: skip
+        dgamma, dbeta, k0, k1 = bn_coefficients(s0, s1, s2, gamma_q, sigma_q, std, count, layout.k)
         dx = None
         if ctx.needs_input_grad[0]:
             dx3 = bn_backward(
-                g3, src3, mean, std, mu_q, sigma_q, gamma_q, beta_q, s0, s2, r, guard,
-                spec.k_xhat, spec.xhat_exp, spec.relu, e1, act.e1_limit, spec.batch_stats,
+                g3, src3, p1, p2, mean_t, *tiled, k0 if spec.batch_stats else None,
+                k1 if spec.batch_stats else None, *factors, spec.k_xhat, spec.xhat_exp,
+                spec.relu, e1, act.e1_limit,
             )  # fmt: skip
-            dx = ctx.layout.back(dx3)
-        dgamma = s1.to(grad.dtype) if ctx.has[0] and ctx.needs_input_grad[1] else None
-        dbeta = s0.to(grad.dtype) if ctx.has[1] and ctx.needs_input_grad[2] else None
-        return dx, dgamma, dbeta, None, None, None, None, None, None, None, None
+            dx = layout.back(dx3)
+        dgamma = dgamma if ctx.has[0] and ctx.needs_input_grad[1] else None
+        dbeta = dbeta if ctx.has[1] and ctx.needs_input_grad[2] else None
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None, None, None
 
 
-def _observe_forward(obs, relu_obs, x3, gamma, beta, mean, std, params, spec, out, layout):
+def _observe_forward(obs, relu_obs, x3, gamma, beta, mean, params, spec, out, layout):
     """Report every BN quantizer's (before, after) — and A for a fused ReLU — to the observers.
     Only while diagnostics record: the unrounded intermediates are recomputed here."""
-    mu_q, _, sigma_q, gamma_q, beta_q = params
-    t = (x3 - mu_q.view(1, -1, 1)) / sigma_q.view(1, -1, 1)
-    xhat = (
-        t
-        if spec.k_xhat is None
-        else torch.round(t * 2.0 ** (spec.k_xhat - 1)) * 2.0 ** (1 - spec.k_xhat)
-    )
+    mu_q, std, sigma_q, gamma_q, beta_q = params[:5]
+    mu_t, sigma_t, gamma_t, beta_t = params[5:9]
+    t = (x3 - mu_t.view(1, -1, 1)) / sigma_t.view(1, -1, 1)
+    k = spec.k_xhat
+    xhat = t if k is None else torch.round(t * 2.0 ** (k - 1)) * 2.0 ** (1 - k)
     if obs is not None:
-        for role, before, after in (
-            ("bn_mean", mean, mu_q),
-            ("bn_std", std, sigma_q - spec.eps),
-            ("bn_xhat", t, xhat),
-            ("bn_gamma", gamma, gamma_q),
-            ("bn_beta", beta, beta_q),
+        for role, before, after, bits in (
+            ("bn_mean", mean, mu_q, spec.k_mean),
+            ("bn_std", std, sigma_q - spec.eps, spec.k_std),
+            ("bn_xhat", layout.back(t), layout.back(xhat), spec.k_xhat),
+            ("bn_gamma", gamma, gamma_q, spec.k_gamma),
+            ("bn_beta", beta, beta_q, spec.k_beta),
         ):
-            bits = getattr(spec, {"bn_mean": "k_mean", "bn_std": "k_std", "bn_xhat": "k_xhat",
-                                  "bn_gamma": "k_gamma", "bn_beta": "k_beta"}[role])  # fmt: skip
             if before is not None and bits is not None:
                 obs(role, before.detach(), after.detach(), "Q", bits)
     if relu_obs is not None and spec.relu and spec.act.activation is not None:
-        y = xhat * gamma_q.view(1, -1, 1) + beta_q.view(1, -1, 1)
+        y = xhat * gamma_t.view(1, -1, 1) + beta_t.view(1, -1, 1)
         relu_obs(
             "A", layout.back(torch.relu(y)), out.detach(), spec.act.a_kind, spec.act.activation
         )

@@ -2,8 +2,10 @@
 
 Each function is one ``@fused`` kernel (``wageubn.quant.fusion``): compiled by default, eager
 code otherwise, same values either way. Shapes: BN kernels take the input as a 3-D view
-``(A, C, B)`` with the channels in the middle (``ChannelLayout``) and per-channel vectors of
-length ``C``. Activation kernels take 1-D views (``wageubn.quant.device.flat``).
+``(A, W, B)`` (``ChannelLayout``: ``(N, C, H·W)`` for contiguous input; for channels_last,
+``(N·H·W / k, k·C, 1)`` — k copies of the channels side by side, so the innermost loop is long
+enough to vectorize well) and per-channel vectors tiled to ``W = k·C`` (``bn_params``). Per-tensor
+scales are returned by the kernels as extra outputs (``wageubn.quant.device.pow2``).
 
 The BN arithmetic (docs/WAGEUBN.md §2; training mode, ``M`` elements per channel)::
 
@@ -26,48 +28,57 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.device import fit_exponent, ldexp, nan_guard, round_log2
+from ..quant.device import fit_exponent, nan_guard, pow2, round_log2
 from ..quant.fusion import fused
 
 __all__ = [
+    "ChannelLayout",
     "bn_backward",
     "bn_backward_sums",
+    "bn_coefficients",
     "bn_forward",
+    "bn_moments",
     "bn_params",
     "bn_relu_int8_forward",
     "bn_running_update",
     "bn_stats",
-    "ChannelLayout",
+    "e1_factors",
+    "join_bytes",
     "pack_mask",
     "relu_backward",
     "relu_forward",
+    "split_bytes",
     "unpack_mask",
 ]
 
+_WIDE = 256  # channels_last rows are widened to about this many elements
+
 
 class ChannelLayout:
-    """How a BN input ``(N, C, *spatial)`` is seen by the kernels: a 3-D view ``(A, C, B)`` with the
-    channels in the middle — ``(N, C, H·W)`` for contiguous input, ``(N·H·W, C, 1)`` for
-    channels_last, ``(N, C, 1)`` for 2-D input — and back. Other layouts are copied contiguous."""
+    """How a BN input ``(N, C, *spatial)`` is seen by the kernels (see the module docstring):
+    ``view3`` gives the 3-D view (copying into the layout if needed), ``back`` the inverse.
+    Other layouts than contiguous and channels_last are made contiguous."""
 
     def __init__(self, x: torch.Tensor) -> None:
         self.shape = x.shape
+        self.channels = x.shape[1]
+        self.per_channel = x.numel() // max(x.shape[1], 1)
         self.channels_last = (
             x.dim() == 4
             and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
         )
+        k = 1
+        if self.channels_last:
+            while k * 2 * self.channels <= _WIDE and self.per_channel % (k * 2) == 0:
+                k *= 2
+        self.k = k  # copies of the channel vector per row
 
     def view3(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (shape ``self.shape``) as the kernels' 3-D view, copied into the layout if needed."""
-        n, c = self.shape[0], self.shape[1]
+        n, c = self.shape[0], self.channels
         if self.channels_last:
-            return (
-                t.contiguous(memory_format=torch.channels_last)
-                .permute(0, 2, 3, 1)
-                .reshape(-1, c, 1)
-                .detach()
-            )
+            rows = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+            return rows.reshape(-1, self.k * c, 1).detach()
         return t.contiguous().view(n, c, -1).detach()
 
     def back(self, y3: torch.Tensor) -> torch.Tensor:
@@ -90,39 +101,37 @@ def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     return torch.round(x * (2.0 ** (bits - 1))) * (2.0 ** (1 - bits))
 
 
+def _fold(v: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-column values of a widened view back to per channel (sum of the k copies)."""
+    return v if k == 1 else v.view(k, -1).sum(0)
+
+
+def _tile(v: torch.Tensor, k: int) -> torch.Tensor:
+    return v if k == 1 else v.repeat(k)
+
+
 # -- BatchNorm -----------------------------------------------------------------------------------
 
 
 @fused
 def bn_stats(x3: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per channel of ``(A, C, B)``: float32 mean and biased variance from float64 sums, and the
-    minimum and maximum (one pass)."""
+    """Per column of ``(A, W, B)``: float64 ``Σx``, ``Σx²``, and float32 min and max (one pass)."""
     xd = x3.to(torch.float64)
-    m = x3.shape[0] * x3.shape[2]
-    mean = xd.sum((0, 2)) / m
-    var = torch.clamp((xd * xd).sum((0, 2)) / m - mean * mean, min=0.0)
-    return mean.to(x3.dtype), var.to(x3.dtype), x3.amin((0, 2)), x3.amax((0, 2))
+    return xd.sum((0, 2)), (xd * xd).sum((0, 2)), x3.amin((0, 2)), x3.amax((0, 2))
 
 
 @fused
-def bn_params(
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    eps: float,
-    k_mean: int | None,
-    k_std: int | None,
-    k_gamma: int | None,
-    k_beta: int | None,
+def bn_moments(
+    s1: torch.Tensor, s2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, m: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, ...]:
-    """Per-channel ``(mu_q, std, sigma_q, gamma_q, beta_q)`` (γ = 1, β = 0 when absent)."""
-    std = torch.sqrt(var)
-    mu_q = _q(mean, k_mean)
-    sigma_q = _q(std, k_std) + eps
-    gamma_q = torch.ones_like(mean) if gamma is None else _q(gamma, k_gamma)
-    beta_q = torch.zeros_like(mean) if beta is None else _q(beta, k_beta)
-    return mu_q, std, sigma_q, gamma_q, beta_q
+    """Per channel: float32 mean and biased variance (from the float64 sums over ``m`` elements),
+    minimum and maximum."""
+    if k > 1:
+        s1, s2 = s1.view(k, -1).sum(0), s2.view(k, -1).sum(0)
+        lo, hi = lo.view(k, -1).amin(0), hi.view(k, -1).amax(0)
+    mean = s1 / m
+    var = torch.clamp(s2 / m - mean * mean, min=0.0)
+    return mean.to(lo.dtype), var.to(lo.dtype), lo, hi
 
 
 @fused
@@ -132,7 +141,7 @@ def bn_running_update(
     tracked: torch.Tensor,
     mean: torch.Tensor,
     var: torch.Tensor,
-    n: int,
+    n: torch.Tensor,
     momentum: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.nn.BatchNorm``'s update of the running statistics (unbiased variance; exponential
@@ -144,7 +153,7 @@ def bn_running_update(
         factor = 1.0 / torch.clamp(tracked_new, min=1).to(mean.dtype)
     else:
         factor = torch.full_like(mean[:1], momentum)
-    unbiased = var * (n / (n - 1)) if n > 1 else var
+    unbiased = torch.where(n > 1, var * (n / torch.clamp(n - 1, min=1)).to(var.dtype), var)
     new_mean = running_mean * (1 - factor) + mean * factor
     new_var = running_var * (1 - factor) + unbiased * factor
     return (
@@ -154,17 +163,80 @@ def bn_running_update(
     )
 
 
+@fused
+def bn_params(
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    lo: torch.Tensor | None,
+    hi: torch.Tensor | None,
+    eps: float,
+    k_mean: int | None,
+    k_std: int | None,
+    k_xhat: int | None,
+    k_gamma: int | None,
+    k_beta: int | None,
+    k_a: int | None,
+    k: int,
+) -> tuple[torch.Tensor, ...]:
+    """Per channel ``(mu_q, std, sigma_q, gamma_q, beta_q)`` (γ = 1, β = 0 when absent), then
+    ``mu_q, sigma_q, gamma_q, beta_q, mean`` tiled for the widened view.
+
+    With ``lo``/``hi`` (the channels' extremes) and ``k_a``: the int8 A of a fused ReLU — its
+    exponent ``e``, NaN guard and scale factors ``2^−e``, ``2^e``. ``max relu(y)`` needs no pass:
+    ``x ↦ y`` is a chain of monotone, correctly rounded steps, increasing where ``gamma_q >= 0``
+    and decreasing elsewhere, so each channel's largest ``y`` is ``y(hi)`` or ``y(lo)``, exactly."""
+    std = torch.sqrt(var)
+    mu_q = _q(mean, k_mean)
+    sigma_q = _q(std, k_std) + eps
+    gamma_q = torch.ones_like(mean) if gamma is None else _q(gamma, k_gamma)
+    beta_q = torch.zeros_like(mean) if beta is None else _q(beta, k_beta)
+    out = (mu_q, std, sigma_q, gamma_q, beta_q)
+    out += tuple(_tile(v, k) for v in (mu_q, sigma_q, gamma_q, beta_q, mean))
+    if lo is None or k_a is None:
+        return out
+    top = torch.where(gamma_q >= 0, hi, lo)
+    y_top = _q((top - mu_q) / sigma_q, k_xhat) * gamma_q + beta_q
+    amax = torch.relu(y_top).amax()
+    e = fit_exponent(amax, k_a)
+    return (*out, e, nan_guard(amax), *pow2(-e, mean.dtype), *pow2(e, mean.dtype))
+
+
 def _xhat(x3, mu_q, sigma_q, k_xhat):
     """``(t, x_hat)`` of the BN input (paper formulas)."""
     t = (x3 - _bc(mu_q)) / _bc(sigma_q)
     return t, _q(t, k_xhat)
 
 
-def _saved_xhat(src3, mu_q, sigma_q, k_xhat, xhat_exp, dtype):
-    """``(t, x_hat)`` from what the forward kept: the input (``xhat_exp`` None) or x̂ codes."""
+def split_bytes(n: torch.Tensor, planes: int) -> tuple[torch.Tensor, ...]:
+    """Integer-valued floats ``n`` (``|n| < 2^(8·planes − 1)``) as byte planes: ``planes − 1``
+    uint8 low bytes, then an int8 top byte (exact float arithmetic: every step is a power of two
+    or an integer below 2^24). Byte planes rather than int16: they vectorize in the kernels."""
+    out = []
+    for _ in range(planes - 1):
+        q = torch.floor(n * (1.0 / 256))
+        out.append((n - q * 256).to(torch.uint8))
+        n = q
+    out.append(n.to(torch.int8))
+    return tuple(out)
+
+
+def join_bytes(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The inverse of ``split_bytes``."""
+    n = parts[-1].to(dtype)
+    for p in reversed(parts[:-1]):
+        n = n * 256 + p.to(dtype)
+    return n
+
+
+def _saved_xhat(src, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, dtype):
+    """``(t, x_hat)`` from what the forward kept: the input ``src`` (``xhat_exp`` None), or the x̂
+    codes as byte planes ``(src, p1[, p2])``."""
     if xhat_exp is None:
-        return _xhat(src3, mu_q, sigma_q, k_xhat)
-    xhat = src3.to(dtype) * (2.0**xhat_exp)
+        return _xhat(src, mu_q, sigma_q, k_xhat)
+    parts = (src, p1) if p2 is None else (src, p1, p2)
+    xhat = join_bytes(parts, dtype) * (2.0**xhat_exp)
     return xhat, xhat
 
 
@@ -178,16 +250,17 @@ def bn_forward(
     k_xhat: int | None,
     k_a: int | None,
     relu: bool,
-    xhat_dtype: torch.dtype | None,
+    xhat_planes: int | None,
 ) -> tuple[torch.Tensor, ...]:
     """One pass: the BN output ``y = Q(t, k_x̂)·gamma_q + beta_q`` — or with ``relu`` the paper's
-    ``A = Q(relu(y), k_A)`` — and, with ``xhat_dtype``, the x̂ codes ``round(t·2^(k_x̂−1))``."""
+    ``A = Q(relu(y), k_A)`` — and, with ``xhat_planes``, the x̂ codes ``round(t·2^(k_x̂−1))`` as
+    that many byte planes."""
     t, xhat = _xhat(x3, mu_q, sigma_q, k_xhat)
     y = xhat * _bc(gamma_q) + _bc(beta_q)
     out = _q(torch.relu(y), k_a) if relu else y
-    if xhat_dtype is None:
+    if xhat_planes is None:
         return (out,)
-    return out, torch.round(t * (2.0 ** (k_xhat - 1))).to(xhat_dtype)
+    return (out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
 
 
 @fused
@@ -197,39 +270,41 @@ def bn_relu_int8_forward(
     sigma_q: torch.Tensor,
     gamma_q: torch.Tensor,
     beta_q: torch.Tensor,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
+    down0: torch.Tensor,
+    down1: torch.Tensor,
+    up0: torch.Tensor,
+    up1: torch.Tensor,
+    guard: torch.Tensor,
     k_xhat: int | None,
-    k_a: int,
-    xhat_dtype: torch.dtype | None,
+    xhat_planes: int | None,
 ) -> tuple[torch.Tensor, ...]:
-    """``int8`` BN + ReLU + A in one pass: ``(a, a_codes, e, guard[, xhat_codes])``.
-
-    ``max relu(y)`` comes from the per-channel extremes ``lo``/``hi`` of ``x``: ``x ↦ y`` is a
-    chain of monotone, correctly rounded steps, increasing where ``gamma_q >= 0`` and decreasing
-    elsewhere, so each channel's largest ``y`` is ``y(hi)`` or ``y(lo)`` — exactly, no pass."""
-    top = torch.where(gamma_q >= 0, hi, lo)
-    y_top = _q((top - mu_q) / sigma_q, k_xhat) * gamma_q + beta_q
-    amax = torch.relu(y_top).amax()
-    e = fit_exponent(amax, k_a)
-    guard = nan_guard(amax)
+    """``int8`` BN + ReLU + A in one pass: ``(a, a_codes[, x̂ code planes...])`` with the A
+    exponent's factors ``2^−e = down0·down1``, ``2^e = up0·up1`` from ``bn_params``."""
     t, xhat = _xhat(x3, mu_q, sigma_q, k_xhat)
-    a_codes = torch.round(ldexp(torch.relu(xhat * _bc(gamma_q) + _bc(beta_q)), -e))
-    a = ldexp(a_codes, e) + guard
-    out = (a, a_codes.to(torch.int8), e, guard)
-    if xhat_dtype is None:
+    a_codes = torch.round(torch.relu(xhat * _bc(gamma_q) + _bc(beta_q)) * down0 * down1)
+    out = (a_codes * up0 * up1 + guard, a_codes.to(torch.int8))
+    if xhat_planes is None:
         return out
-    return (*out, torch.round(t * (2.0 ** (k_xhat - 1))).to(xhat_dtype))
+    return (*out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
 
 
-def _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, r, guard):
-    """``dL/dy`` from ``dL/dA``: E1 ``SQ(g, k_E1)`` (exponent ``r`` given), then the ReLU mask
+def e1_factors(amax, r, bits: int, dtype) -> tuple[torch.Tensor, ...]:
+    """E1 = SQ scale factors ``2^(k−1−r)`` (two), ``2^(r−k+1)`` (two) and the NaN guard."""
+    return (*pow2((bits - 1) - r, dtype), *pow2(r - (bits - 1), dtype), nan_guard(amax))
+
+
+def _e1(g, f, limit):
+    codes = torch.clamp(torch.round(g * f[0] * f[1]), -limit, limit)
+    return codes * f[2] * f[3] + f[4]
+
+
+def _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, f):
+    """``dL/dy`` from ``dL/dA``: E1 ``SQ(g, k_E1)`` (scale factors ``f``), then the ReLU mask
     ``y > 0`` recomputed from x̂. Without ``relu``, ``g`` itself."""
     if not relu:
         return g3
     if e1_bits is not None:
-        codes = torch.clamp(torch.round(ldexp(g3, (e1_bits - 1) - r)), -e1_limit, e1_limit)
-        g3 = ldexp(codes, r - (e1_bits - 1)) + guard
+        g3 = _e1(g3, f, e1_limit)
     y = xhat * _bc(gamma_q) + _bc(beta_q)
     return torch.where(y > 0, g3, 0.0 * g3)
 
@@ -238,6 +313,8 @@ def _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, r, guard):
 def bn_backward_sums(
     g3: torch.Tensor,
     src3: torch.Tensor,
+    p1: torch.Tensor | None,
+    p2: torch.Tensor | None,
     mu_q: torch.Tensor,
     sigma_q: torch.Tensor,
     gamma_q: torch.Tensor,
@@ -248,52 +325,77 @@ def bn_backward_sums(
     e1_bits: int | None,
     e1_limit: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Per-channel float64 ``(Σdy, Σdy·x̂, Σdy·t)``, the E1 exponent ``r`` and NaN guard."""
-    amax = g3.abs().amax()
-    r = round_log2(amax)
-    guard = nan_guard(amax)
-    t, xhat = _saved_xhat(src3, mu_q, sigma_q, k_xhat, xhat_exp, g3.dtype)
-    dy = _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, r, guard).to(torch.float64)
-    return dy.sum((0, 2)), (dy * xhat).sum((0, 2)), (dy * t).sum((0, 2)), r, guard
+    """Per column, float64 ``(Σdy, Σdy·x̂, Σdy·t)``; then E1's ``r`` and factors (``e1_factors``)."""
+    if relu and e1_bits is not None:
+        amax = g3.abs().amax()
+        r = round_log2(amax)
+        f = e1_factors(amax, r, e1_bits, g3.dtype)
+    else:
+        r = torch.zeros((), dtype=torch.int64, device=g3.device)
+        f = (r,) * 5
+    t, xhat = _saved_xhat(src3, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, g3.dtype)
+    dy = _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, f).to(torch.float64)
+    return (dy.sum((0, 2)), (dy * xhat).sum((0, 2)), (dy * t).sum((0, 2)), r, *f)
+
+
+@fused
+def bn_coefficients(
+    s0: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    gamma_q: torch.Tensor,
+    sigma_q: torch.Tensor,
+    std: torch.Tensor,
+    m: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, ...]:
+    """From the column sums: per-channel ``dgamma``, ``dbeta`` (float32) and the tiled per-column
+    coefficients ``k0 = d_mu_q / M`` and ``k1 = 2·d_var / M`` of ``dx``."""
+    if k > 1:
+        s0, s1, s2 = (v.view(k, -1).sum(0) for v in (s0, s1, s2))
+    gq, sq, sd = gamma_q.double(), sigma_q.double(), std.double()
+    d_mu = -(gq * s0) / sq
+    d_var = torch.where(sd > 0, (-(gq * s2) / sq) / (2.0 * sd), 0.0)
+    k0 = (d_mu / m).to(gamma_q.dtype)
+    k1 = (2.0 * d_var / m).to(gamma_q.dtype)
+    return s1.to(gamma_q.dtype), s0.to(gamma_q.dtype), _tile(k0, k), _tile(k1, k)
 
 
 @fused
 def bn_backward(
     g3: torch.Tensor,
     src3: torch.Tensor,
+    p1: torch.Tensor | None,
+    p2: torch.Tensor | None,
     mean: torch.Tensor,
-    std: torch.Tensor,
     mu_q: torch.Tensor,
     sigma_q: torch.Tensor,
     gamma_q: torch.Tensor,
     beta_q: torch.Tensor,
-    s0: torch.Tensor,
-    s2: torch.Tensor,
-    r: torch.Tensor,
-    guard: torch.Tensor,
+    k0: torch.Tensor | None,
+    k1: torch.Tensor | None,
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    f3: torch.Tensor,
+    f4: torch.Tensor,
     k_xhat: int | None,
     xhat_exp: int | None,
     relu: bool,
     e1_bits: int | None,
     e1_limit: float,
-    batch_stats: bool,
 ) -> torch.Tensor:
-    """``dL/dx`` (the module docstring's formula) from the sums of ``bn_backward_sums``."""
-    t, xhat = _saved_xhat(src3, mu_q, sigma_q, k_xhat, xhat_exp, g3.dtype)
-    dy = _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, r, guard)
+    """``dL/dx`` (the module docstring's formula) with the coefficients of ``bn_coefficients``
+    (``k0``/``k1`` None: running statistics, no batch terms). Vectors are tiled."""
+    t, xhat = _saved_xhat(src3, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, g3.dtype)
+    dy = _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, (f0, f1, f2, f3, f4))
     dx = (dy * _bc(gamma_q)) / _bc(sigma_q)
-    if not batch_stats:
+    if k0 is None:
         return dx
     if xhat_exp is None:
         centered = src3 - _bc(mean)
     else:
         centered = xhat * _bc(sigma_q) + _bc(mu_q - mean)
-    m = g3.shape[0] * g3.shape[2]
-    gq, sq, sd = gamma_q.double(), sigma_q.double(), std.double()
-    d_mu = -(gq * s0) / sq
-    d_var = torch.where(sd > 0, (-(gq * s2) / sq) / (2.0 * sd), 0.0)
-    k0 = (d_mu / m).to(g3.dtype)
-    k1 = (2.0 * d_var / m).to(g3.dtype)
     return dx + _bc(k0) + centered * _bc(k1)
 
 
@@ -329,8 +431,10 @@ def relu_forward(x: torch.Tensor, k_a: int | None, int8: bool) -> tuple[torch.Te
     amax = r.amax()
     e = fit_exponent(amax, k_a)
     guard = nan_guard(amax)
-    codes = torch.round(ldexp(r, -e))
-    return ldexp(codes, e) + guard, packed, codes.to(torch.int8), e, guard
+    down, up = pow2(-e, x.dtype), pow2(e, x.dtype)
+    codes = torch.round(r * down[0] * down[1])
+    a = codes * up[0] * up[1] + guard
+    return a, packed, codes.to(torch.int8), e, guard, *down, *up
 
 
 @fused
@@ -343,6 +447,6 @@ def relu_backward(
         return torch.where(mask, g, 0.0), torch.zeros((), dtype=torch.int64, device=g.device)
     amax = g.abs().amax()
     r = round_log2(amax)
-    codes = torch.clamp(torch.round(ldexp(g, (e1_bits - 1) - r)), -e1_limit, e1_limit)
-    e1 = ldexp(codes, r - (e1_bits - 1)) + nan_guard(amax)
-    return torch.where(mask, e1, 0.0 * e1), r
+    f = e1_factors(amax, r, e1_bits, g.dtype)
+    e1 = _e1(g, f, e1_limit)
+    return torch.where(mask, e1, 0.0 * e1), r, *f

@@ -226,7 +226,7 @@ class _ReLU(torch.autograd.Function):
         (packed,) = ctx.saved_tensors
         spec, layout = ctx.spec, ctx.layout
         gf = layout.flat(layout.match(g))
-        dx, _ = relu_backward(gf, packed, spec.error1, spec.e1_limit)
+        dx = relu_backward(gf, packed, spec.error1, spec.e1_limit)[0]
         if ctx.obs is not None and spec.error1 is not None:
             e1 = device.q_shift(g, spec.error1, spec.int8)[0]
             ctx.obs("E1", g.detach(), e1, "SQ", spec.error1, narrow_range=spec.int8)

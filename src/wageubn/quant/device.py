@@ -46,6 +46,7 @@ __all__ = [
     "is_dense",
     "ldexp",
     "nan_guard",
+    "pow2",
     "q_clipped",
     "q_constant",
     "q_direct",
@@ -169,32 +170,48 @@ def clipped(
     return torch.clamp(torch.round(x * up) * down, -limit, limit)
 
 
+def pow2(n: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``2^n`` as two normal-float factors (``ldexp(x, n) == x * f1 * f2``).
+
+    Kernels return these factors as extra outputs: a returned 0-dim value is computed once and
+    loaded by the elementwise loop, instead of being re-derived for every vector of elements."""
+    half = n >> 1
+    return exp2i(half, dtype), exp2i(n - half, dtype)
+
+
 @fused
-def shift(x: torch.Tensor, bits: int, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``SQ(x, k) = R · clip(round(x / R · 2^(k−1)), ±limit) · 2^(1−k)`` and ``r`` (``R = 2^r``).
+def shift(x: torch.Tensor, bits: int, limit: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``SQ(x, k) = R · clip(round(x / R · 2^(k−1)), ±limit) · 2^(1−k)`` and ``r`` (``R = 2^r``)
+    (then the scale factors, see ``pow2``).
 
     ``limit`` is ``2^(k−1)`` (the paper's clip at ±1) or ``2^(k−1) − 1`` (int8 codes)."""
     amax = x.abs().amax()
     r = round_log2(amax)
-    codes = torch.clamp(torch.round(ldexp(x, (bits - 1) - r)), -limit, limit)
-    return ldexp(codes, r - (bits - 1)) + nan_guard(amax), r
+    up = pow2((bits - 1) - r, x.dtype)
+    down = pow2(r - (bits - 1), x.dtype)
+    guard = nan_guard(amax)
+    codes = torch.clamp(torch.round(x * up[0] * up[1]), -limit, limit)
+    return codes * down[0] * down[1] + guard, r, *up, *down, guard
 
 
 @fused
 def flag(
     x: torch.Tensor, bits: int, levels: torch.Tensor, coarse_limit: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """``FQ(x, k)`` and ``r``: with ``s = R/2^(k−1)`` and ``y = x/s``, ``|y| < 1`` takes
     ``clip(round(|y|·2^(k−1)), 0, 2^(k−1)) · 2^(1−k)`` and ``|y| ≥ 1`` takes
     ``clip(round(|y|), 0, 2^(k−1) − 1)``; the result is ``s · sign(y) · that``."""
     amax = x.abs().amax()
     r = round_log2(amax)
-    y = ldexp(x, (bits - 1) - r)
+    up = pow2((bits - 1) - r, x.dtype)
+    down = pow2(r - (bits - 1), x.dtype)
+    guard = nan_guard(amax)
+    y = x * up[0] * up[1]
     mag = y.abs()
     fine = torch.clamp(torch.round(mag * levels), max=levels) / levels
     coarse = torch.clamp(torch.round(mag), max=coarse_limit)
     m = torch.where(mag < 1.0, fine, coarse) * torch.sign(y)
-    return ldexp(m, r - (bits - 1)) + nan_guard(amax), r
+    return m * down[0] * down[1] + guard, r, *up, *down, guard
 
 
 @fused
@@ -204,19 +221,20 @@ def constant(
     bits: int,
     dr: torch.Tensor,
     dr_limit: torch.Tensor,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, ...]:
     """``CQ(x, k, dr) = clip(SR(dr · x / R), ±(dr − 1)) · 2^(−2(k−1))``: ``x / R`` first (exact),
     then times ``dr``. ``u`` holds the uniform draws of ``SR`` (``None``: round to nearest)."""
     amax = x.abs().amax()
-    v = ldexp(x, -round_log2(amax)) * dr
+    inv = pow2(-round_log2(amax), x.dtype)
+    guard = nan_guard(amax)
+    v = x * inv[0] * inv[1] * dr
     if u is None:
         n = torch.round(v)
     else:
         fl = torch.floor(v)
         n = fl + (u < v - fl).to(v.dtype)
     n = torch.clamp(n, -dr_limit, dr_limit)
-    scale = exp2i(torch.full((), -2 * (bits - 1), dtype=torch.int64, device=x.device), x.dtype)
-    return n * scale + nan_guard(amax)
+    return n * (2.0 ** (-2 * (bits - 1))) + guard, *inv, guard
 
 
 def fit_exponent(amax: torch.Tensor, bits: int) -> torch.Tensor:
@@ -234,31 +252,34 @@ def fit_exponent(amax: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @fused
-def fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     """A in ``int8`` mode: int8 codes ``round(x / 2^e)`` (within ±(2^(k−1) − 1)), ``e``
     (``fit_exponent``), and the NaN guard of ``max|x|`` (0, or NaN when ``x`` was not finite)."""
     amax = x.abs().amax()
     e = fit_exponent(amax, bits)
-    codes = torch.round(ldexp(x, -e)).to(torch.int8)
-    return codes, e, nan_guard(amax)
+    down = pow2(-e, x.dtype)
+    guard = nan_guard(amax)
+    codes = torch.round(x * down[0] * down[1]).to(torch.int8)
+    return codes, e, guard, *down
 
 
 @fused
-def error2_planes(
-    g: torch.Tensor, bits: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     """E2 = FQ(g, k) as int8 ``(coarse, fine)`` with ``FQ = coarse·2^e + fine·2^(e−k+1)``, ``e``,
     and the NaN guard. ``f = round(g/s·2^(k−1))``, ``c = round(g/s)``: ``|f| < 2^(k−1)`` is the
     fine regime, else coarse (where ``c = ±1`` also covers fine codes that round up to ±2^(k−1))."""
     amax = g.abs().amax()
     r = round_log2(amax)
     top = float(2 ** (bits - 1) - 1)
-    f = torch.round(ldexp(g, 2 * (bits - 1) - r))
-    c = torch.clamp(torch.round(ldexp(g, (bits - 1) - r)), -top, top)
+    up = pow2((bits - 1) - r, g.dtype)
+    guard = nan_guard(amax)
+    c_raw = torch.round(g * up[0] * up[1])
+    f = torch.round(g * up[0] * up[1] * (2.0 ** (bits - 1)))
+    c = torch.clamp(c_raw, -top, top)
     coarse_regime = f.abs() > top
     fine_codes = torch.where(coarse_regime, 0.0, f).to(torch.int8)
     coarse_codes = torch.where(coarse_regime, c, 0.0).to(torch.int8)
-    return coarse_codes, fine_codes, r - (bits - 1), nan_guard(amax)
+    return coarse_codes, fine_codes, r - (bits - 1), guard, *up
 
 
 # -- the quantizers on tensors of any shape and layout (the sync-free entry points) -------------
@@ -315,7 +336,7 @@ def q_shift(
     dt = _compute_dtype(x)
     levels = 2.0 ** (bits - 1)
     limit = _c(bound(levels - 1, dt) if narrow_range else levels, dt, x, "limit")
-    return _run(shift, x, bits, limit)
+    return _run(shift, x, bits, limit)[:2]
 
 
 def q_flag(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +347,7 @@ def q_flag(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     levels = 2.0 ** (bits - 1)
     return _run(
         flag, x, bits, _c(levels, dt, x, "levels"), _c(bound(levels - 1, dt), dt, x, "limit")
-    )
+    )[:2]
 
 
 def q_constant(
@@ -348,7 +369,7 @@ def q_constant(
         if not x.is_contiguous():  # the draws follow x's layout, element by element
             u = torch.empty_like(x).copy_(u)
         u = flat(u.to(dt))
-    return _run(constant, x, u, bits, _c(dr, dt, x, "dr"), _c(dr - 1, dt, x, "limit"))
+    return _run(constant, x, u, bits, _c(dr, dt, x, "dr"), _c(dr - 1, dt, x, "limit"))[0]
 
 
 def decode(codes: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -362,7 +383,7 @@ def q_fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch
     if x.numel() == 0:
         zero = torch.zeros((), dtype=torch.int64, device=x.device)
         return x.to(torch.int8), zero + (1 - bits), torch.zeros((), device=x.device)
-    return _run(fit, x, bits)
+    return _run(fit, x, bits)[:3]
 
 
 def q_error2(
@@ -372,4 +393,4 @@ def q_error2(
     if g.numel() == 0:
         zero = torch.zeros((), dtype=torch.int64, device=g.device)
         return g.to(torch.int8), g.to(torch.int8), zero, torch.zeros((), device=g.device)
-    return _run(error2_planes, g, bits)
+    return _run(error2_planes, g, bits)[:4]

@@ -1,9 +1,9 @@
 """Fused kernels: the library's elementwise work compiled with ``torch.compile``, on by default.
 
 A function decorated with ``@fused`` is plain PyTorch (eager) code. On its first call it is
-compiled by ``torch.compile(fullgraph=True, dynamic=True)`` into one kernel per loop (a
-reduction and an elementwise pass, typically), and every later call of any shape runs that
-kernel. Inductor keeps the result in its on-disk cache, so a second process starts in seconds.
+compiled by ``torch.compile(fullgraph=True)`` into one kernel per loop (a reduction and an
+elementwise pass, typically), with the tensors' sizes symbolic and every non-tensor argument (bit
+widths, flags) a constant of that compiled variant; later calls of any shape reuse it. Inductor keeps the result in its on-disk cache, so a second process starts in seconds.
 
 The compiled and the eager version compute the same values: every kernel here is elementwise
 arithmetic that is exact or correctly rounded per element (powers of two, ``round``, ``clamp``,
@@ -83,16 +83,21 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _variant_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """What a compiled variant is specialized to: dtype, device type and rank of each tensor,
-    which optional arguments are None. Sizes and integer arguments stay symbolic."""
+def _variant(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+    """What a compiled variant is specialized to, and which arguments stay its inputs.
+
+    Tensors are inputs (their sizes symbolic; the key holds dtype, device type and rank); every
+    other argument — a bit width, a flag, a dtype, None — is a constant of the variant, so the
+    compiled code computes ``2^(k−1)`` once, not per element."""
     key: list[Any] = []
-    for a in args:
+    inputs: list[int] = []
+    for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
             key.append((a.dtype, a.device.type, a.dim()))
+            inputs.append(i)
         else:
-            key.append(None if a is None else type(a))
-    return tuple(key)
+            key.append(("const", type(a), a))
+    return tuple(key), tuple(inputs)
 
 
 class _Fused:
@@ -114,15 +119,21 @@ class _Fused:
             return self._run_compiled(args)
 
     def _run_compiled(self, args: tuple[Any, ...]) -> Any:
-        key = _variant_key(args)
+        key, inputs = _variant(args)
         fn = self._variants.get(key)
         if fn is None:
             log.info("wageubn: compiling %s (first use; cached on disk)", self.eager.__name__)
+            # dynamic=None: the bound constants stay constants; the tensors' sizes are marked
+            # dynamic below, so one compilation serves every shape
             fn = self._variants[key] = torch.compile(
-                _fresh_copy(self.eager), fullgraph=True, dynamic=True
+                _bind_constants(self.eager, args, inputs), fullgraph=True, dynamic=None
             )
+        tensors = [args[i] for i in inputs]
+        for t in tensors:
+            for dim in range(t.dim()):
+                torch._dynamo.maybe_mark_dynamic(t, dim)
         try:
-            return fn(*args)
+            return fn(*tensors)
         except _backend_errors() as err:
             _disable(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}")
         except (
@@ -133,6 +144,25 @@ class _Fused:
             log.warning("wageubn: %s runs unfused for %s (%s)", self.eager.__name__, key, err)
             self._variants[key] = self.eager
         return self.eager(*args)
+
+
+def _bind_constants(
+    fn: Callable[..., Any], args: tuple[Any, ...], inputs: tuple[int, ...], fresh: bool = True
+) -> Callable[..., Any]:
+    """``fn`` taking only the tensor arguments (positions ``inputs``), the others bound as they
+    are in ``args``; with ``fresh``, built from new code objects, so that ``torch.compile`` gives
+    this variant a cache (and recompile budget) of its own."""
+    template = [None if i in inputs else a for i, a in enumerate(args)]  # no tensor kept
+    if fresh:
+        fn = _fresh_copy(fn)
+
+    def call(*tensors: Any) -> Any:
+        full = list(template)
+        for i, t in zip(inputs, tensors, strict=True):
+            full[i] = t
+        return fn(*full)
+
+    return _fresh_copy(call) if fresh else call
 
 
 def _fresh_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
