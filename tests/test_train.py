@@ -276,6 +276,28 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, resume_from):
     assert resumed["best_acc"] == straight["best_acc"]
 
 
+def test_elapsed_s_counts_on_across_a_resume(tmp_path, monkeypatch):
+    """elapsed_s continues from the checkpoint's time after a resume instead of restarting at 0:
+    a fake clock that jumps 1000 s between the two processes is not counted."""
+    clock = {"now": 0.0}
+
+    def tick():  # every call advances the run's clock by 1 s
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(loop_module.time, "perf_counter", tick)
+    first = train(tiny(tmp_path, train__max_steps=5, train__checkpoint_every_steps=None))
+    saved = load_checkpoint(first["last_checkpoint"])["elapsed_s"]
+    before = [r["elapsed_s"] for r in read_metrics(first["run_dir"])]
+    assert before and saved > before[-1]
+    clock["now"] += 1000.0  # the pause between the two processes
+    train(tiny(tmp_path, train__checkpoint_every_steps=None), resume=first["run_dir"])
+    rows = read_metrics(first["run_dir"])
+    after = [r["elapsed_s"] for r in rows[len(before) :]]
+    assert after and saved < after[0] < saved + 100  # counts on from the checkpoint, no pause
+    assert [r["elapsed_s"] for r in rows] == sorted(r["elapsed_s"] for r in rows)
+
+
 def _nan_at(call: int):
     real = loop_module.load_dataset
 

@@ -4,6 +4,8 @@
     wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N]
     wageubn list-models
     wageubn plot RUN [RUN ...] [--out curves.png] [--x epoch|step]
+    wageubn config show [CONFIG.yaml] [--dotted.key VALUE ...]
+    wageubn --version
 
 Adding a command (docs/training.md, "Adding a command"): write a module with
 
@@ -88,9 +90,16 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def list_models_command(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import list_models, model_info
 
-    print("\n".join(list_models()))
+    rows = [("model", "parameters", "input (C×H×W)", "classes")]
+    for name in list_models():
+        info = model_info(name)
+        shape = "×".join(map(str, info.input_shape)) if info.input_shape else "-"
+        rows.append((name, f"{info.parameters:,}", shape, str(info.num_classes or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}")
     return 0
 
 
@@ -102,23 +111,38 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_show_command(args: argparse.Namespace) -> int:
+    from .train import load_run_config
+    from .train.configdoc import format_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    source = " ".join([args.config or "(defaults)", *args.overrides])
+    print(format_config(cfg, source=source), end="")
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
-    """Register train, eval, list-models and plot."""
+    """Register train, eval, list-models, plot and config."""
     p = subparsers.add_parser("train", help="train a model from a YAML run config")
     p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
     p.add_argument("--resume", metavar="RUN_DIR_or_CKPT", help="continue from a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="log lines even on a terminal")
     p.set_defaults(func=train_command, takes_overrides=True)
-    p.epilog = "Any config key can be overridden: --optim.lr 0.0625 --train.epochs 2"
+    p.epilog = (
+        "Any config key can be overridden: --optim.lr 0.0625 --train.epochs 2. Every key, its "
+        "meaning and its default: wageubn config show [CONFIG.yaml] [overrides]"
+    )
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a data split")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (its last.pt)")
     p.add_argument("--split", default=None, help="default: the run's data.eval_split")
     p.add_argument("--root", default=None, help="data root (default: the run's data.root)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default: data.eval_batch_size")
     p.set_defaults(func=eval_command)
 
-    p = subparsers.add_parser("list-models", help="names accepted by model.name")
+    p = subparsers.add_parser(
+        "list-models", help="names accepted by model.name, with parameters and input size"
+    )
     p.set_defaults(func=list_models_command)
 
     p = subparsers.add_parser("plot", help="training curves of one or more runs as a PNG")
@@ -126,6 +150,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", default="curves.png", help="PNG file to write (default curves.png)")
     p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="eval x axis")
     p.set_defaults(func=plot_command)
+
+    p = subparsers.add_parser("config", help="run configs: config show prints every key")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser(
+        "show",
+        help="the resolved run config as YAML, each key with its meaning and default",
+        description="Print CONFIG.yaml (or the defaults) with the dotted overrides applied, as "
+        "YAML that `wageubn train` accepts; each key commented with its meaning and default.",
+    )
+    p.add_argument("config", nargs="?", help="run config (YAML); omitted: the defaults")
+    p.set_defaults(func=config_show_command, takes_overrides=True)
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -158,7 +194,10 @@ def _configure_logging() -> None:
 
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
     """The parser with every command module registered, and the user-error types they declare."""
+    from . import __version__
+
     parser = _Parser(prog="wageubn", description="WAGEUBN full 8-bit integer training")
+    parser.add_argument("--version", action="version", version=f"wageubn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     user_errors: tuple[type[BaseException], ...] = ()
@@ -185,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, extra = build_parser()
         user_errors += extra
         rest, overrides = _split_overrides(argv)
-        args = parser.parse_args(rest)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exc:  # --help, --version: printed, done
+            return 0 if exc.code is None else int(exc.code)
         if overrides and not getattr(args, "takes_overrides", False):
             raise UsageError(f"wageubn {args.command}: unexpected argument {overrides[0]}")
         args.overrides, args.argv = overrides, argv

@@ -337,6 +337,7 @@ class _Run:
             shard=(ctx.rank, ctx.world),
         )
         self.step, self.best_acc = 0, None
+        self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
         self.acc = {"window": _zeros(), "epoch": _zeros()}
         self.last_eval: dict[str, Any] | None = None
         if ckpt is not None:  # everything is validated before the run directory is touched
@@ -383,6 +384,7 @@ class _Run:
         self.step, self.best_acc = int(ckpt["step"]), ckpt.get("best_acc")
         self.acc = {k: dict(v) for k, v in ckpt["accumulators"].items()}
         self.last_eval = ckpt.get("last_eval")
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
 
     def _write_run_files(
         self, ckpt_path: Path | None, ckpt: Any, command: list[str] | None
@@ -409,6 +411,7 @@ class _Run:
                 "started": now,
                 "threads": torch.get_num_threads(),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "steps_per_epoch": len(self.batches),
             }
         info["status"] = "running"
         self.info, self.info_path = info, info_path
@@ -445,6 +448,7 @@ class _Run:
             "accumulators": {k: dict(v) for k, v in self.acc.items()},
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
+            "elapsed_s": time.perf_counter() - self.t0,
             "run_config": self.cfg.to_dict(),
             "world_size": self.ctx.world,
             "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
@@ -466,7 +470,8 @@ class _Run:
     def run(self) -> dict[str, Any]:
         t, spe = self.cfg.train, len(self.batches)
         total = t.epochs * spe if t.max_steps is None else min(t.epochs * spe, t.max_steps)
-        start = self.t0 = time.perf_counter()
+        start = time.perf_counter()
+        self.t0 = start - self.elapsed_before  # elapsed_s counts on across resumes
         log.info(
             "run %s: %s on %s (%d train / %d eval images), %d steps/epoch, %d steps to go",
             self.run_dir,
