@@ -23,14 +23,15 @@ module's optional ``USER_ERRORS`` tuple): ``main`` prints it as one line on stde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["COMMAND_MODULES", "UsageError", "console_main", "main"]
+__all__ = ["COMMAND_MODULES", "UsageError", "command_progress", "console_main", "main"]
 
 # Modules that register subcommands, in --help order. Each exposes add_parser(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -56,7 +57,6 @@ class _Parser(argparse.ArgumentParser):
 def train_command(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
     from .train.loop import config_from_checkpoint
-    from .train.progress import LogProgress, ProgressBar
 
     if args.config is None and args.resume is None:
         raise UsageError("wageubn train: give a CONFIG.yaml, or --resume RUN_DIR")
@@ -64,12 +64,8 @@ def train_command(args: argparse.Namespace) -> int:
         cfg = load_run_config(args.config, args.overrides)
     else:
         cfg = config_from_checkpoint(args.resume, args.overrides)
-    _configure_logging()
-    if sys.stderr.isatty() and not args.no_progress:
-        progress = ProgressBar(sys.stderr)
-    else:
-        progress = LogProgress(cfg.train.log_every)
-    result = train(cfg, resume=args.resume, progress=progress, command=["wageubn", *args.argv])
+    with command_progress(enabled=not args.no_progress, log_every=cfg.train.log_every) as progress:
+        result = train(cfg, resume=args.resume, progress=progress, command=["wageubn", *args.argv])
     ev = result["eval"]
     summary = f"{result['status']} after {result['step']} steps; run directory {result['run_dir']}"
     if ev is not None:
@@ -81,7 +77,11 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, args.split, root=args.root, batch_size=args.batch_size)
+    with command_progress() as progress:
+        r = evaluate_checkpoint(
+            args.checkpoint, args.split, root=args.root, batch_size=args.batch_size,
+            progress=progress,
+        )  # fmt: skip
     print(
         f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
         f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
@@ -190,6 +190,24 @@ def _configure_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@contextlib.contextmanager
+def command_progress(*, enabled: bool = True, log_every: int = 50) -> Iterator[Any]:
+    """The feedback of a command's long loops (a `wageubn.train.progress.Progress`): tqdm bars
+    when stderr is a terminal (and ``enabled``), else log lines on stderr. While bars are drawn,
+    log records go through ``tqdm.write`` so that they do not tear the bars."""
+    from .train.progress import BarProgress, progress_for
+
+    _configure_logging()
+    progress = progress_for(sys.stderr, enabled=enabled, log_every=log_every)
+    if isinstance(progress, BarProgress):
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            yield progress
+    else:
+        yield progress
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:

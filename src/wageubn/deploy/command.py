@@ -74,14 +74,19 @@ def evaluate_integer(
     reference: torch.nn.Module | None = None,
     *,
     batch_size: int = 1000,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Run an ``IntegerModel`` over uint8 ``images``: accuracy (with ``labels``), throughput, and
     with ``reference`` (the eval-mode quantized float model) the prediction agreement, the number
-    of images whose logits differ, and the max |logit difference| (float64)."""
+    of images whose logits differ, and the max |logit difference| (float64). ``progress`` (a
+    `wageubn.train.progress.Progress`, optional) tracks the batches."""
     preds, seconds, agree, differ, max_diff = [], 0.0, 0, 0, 0.0
     mean = [float(m) for m in model.mean]
     std = [float(s) for s in model.std]
-    for i in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    if progress is not None:
+        starts = progress.track(starts, total=len(starts), desc="predict", unit="batch")
+    for i in starts:
         batch = images[i : i + batch_size]
         t0 = time.perf_counter()
         logits = model(batch)
@@ -146,8 +151,13 @@ def predict_command(args: argparse.Namespace) -> int:
         source = str(args.images)
     if args.limit is not None:
         images = images[: args.limit]
+    from ..cli import command_progress
+
     reference = model_from_checkpoint(args.compare)[0] if args.compare else None
-    r = evaluate_integer(model, images, labels, reference, batch_size=args.batch_size)
+    with command_progress() as progress:
+        r = evaluate_integer(
+            model, images, labels, reference, batch_size=args.batch_size, progress=progress
+        )
     line = f"{source}: {r['images']} images"
     if "accuracy" in r:
         line += f", accuracy {r['accuracy']:.4f}"

@@ -197,14 +197,17 @@ def evaluate(
     channels_last: bool = False,
     num_workers: int = 0,
     device: torch.device | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``."""
+    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``;
+    ``progress`` (optional) tracks the batches."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
+    progress = progress or Progress()
     try:
-        for x, y in batches:
+        for x, y in progress.track(batches, total=len(batches), desc="eval", unit="batch"):
             if device is not None:
                 x, y = x.to(device), y.to(device)
             if channels_last:
@@ -224,6 +227,7 @@ def evaluate_checkpoint(
     *,
     root: str | None = None,
     batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``)."""
     path = resolve_checkpoint(path)
@@ -243,7 +247,12 @@ def evaluate_checkpoint(
         ) from None
     bs = batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     result = evaluate(
-        model, ds, bs, channels_last=cfg.train.channels_last, num_workers=cfg.data.num_workers
+        model,
+        ds,
+        bs,
+        channels_last=cfg.train.channels_last,
+        num_workers=cfg.data.num_workers,
+        progress=progress,
     )
     return {**result, "split": split, "checkpoint": str(path), "step": ckpt["step"]}
 
@@ -613,6 +622,7 @@ class _Run:
                 channels_last=self.cfg.train.channels_last,
                 num_workers=self.cfg.data.num_workers,
                 device=self.device,
+                progress=self.progress,
             )
         except ValueError as exc:
             raise self._error(epoch, "evaluation: " + " ".join(str(exc).split())) from exc
