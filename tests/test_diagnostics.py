@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from wageubn import QSGD, quantize_
 from wageubn.diagnostics import Diagnostics, load_rows, quantizer_stats, summarize
 from wageubn.diagnostics import inspect as inspect_cmd
+from wageubn.diagnostics.stats import code_histogram
 from wageubn.models import create_model
 from wageubn.nn.observe import tap
 from wageubn.quant import (
@@ -79,7 +80,7 @@ def _train(tmp_path, every, steps=4):
 
 
 def test_recorder_writes_every_role_on_recorded_steps_only(tmp_path):
-    _train(tmp_path, every=3, steps=5)
+    model = _train(tmp_path, every=3, steps=5)
     rows = load_rows(tmp_path)
     assert {r["step"] for r in rows} == {0, 3}
     roles = {r["role"] for r in rows}
@@ -88,9 +89,43 @@ def test_recorder_writes_every_role_on_recorded_steps_only(tmp_path):
     assert expected <= roles
     layers = {r["layer"] for r in rows if r["role"] == "W"}
     assert layers == {"conv1", "conv2"}  # the float stem and head are not quantized
+    # one naming: the layer is always a module path; the optimizer's roles of a BN parameter say
+    # which one it is
+    modules = dict(model.named_modules())
+    assert {r["layer"] for r in rows} <= set(modules)
+    assert {"G(bn_gamma)", "U(bn_beta)", "momentum(bn_gamma)"} <= roles
+    assert {r["layer"] for r in rows if r["role"] == "G(bn_gamma)"} == {"bn1", "bn2", "bn3"}
+    index = list(modules)
+    assert all(index[r["layer_index"]] == r["layer"] for r in rows)  # network position
     for r in rows:
         assert 0.0 <= r["saturation"] <= 1.0 and r["distinct"] >= 1
     assert tap(object()) is None  # nothing left installed after the run
+
+
+def test_code_histograms():
+    """Codes are the outputs divided by their grid step, one bucket per code for 8 bits; Q's
+    over-range codes land in the end buckets; the histograms of one role add up."""
+    x = torch.tensor([2.0, -1.5, 0.5, 0.001, -0.003, 0.0039, 0.0, 0.25])
+    h = code_histogram(x, clipped_direct_quantize(x, 8), "QC", 8)
+    assert (h.limit, h.width, len(h.counts)) == (127, 1, 255)
+    codes = {c - 127: int(n) for c, n in enumerate(h.counts) if n}
+    assert codes == {127: 1, -127: 1, 64: 1, 0: 4, 32: 1}  # 0.0039·128 = 0.4992 → 0
+    assert h.num == 8 and h.min == -127 and h.max == 127 and h.total == 96
+    a = torch.tensor([0.5, 1.5, 3.0, 0.0])  # Q at 8 bits: 1.5 and 3.0 are beyond ±128 codes
+    h = code_histogram(a, direct_quantize(a, 8), "Q", 8)
+    assert h.limit == 128 and h.width == 1 and int(h.counts[-1]) == 2 and int(h.counts[128]) == 1
+    g = torch.tensor([0.7, -0.2, 0.05])  # R = 2^round(log2 0.7) = 1/2, dr = 8: codes in −7…7
+    out = constant_quantize(g, 8, 8, rounding="nearest")  # 8·g/R = 11.2, −3.2, 0.8
+    h = code_histogram(g, out, "CQ", 8, dr=8)
+    assert h.limit == 7 and {c - 7 for c, n in enumerate(h.counts) if n} == {7, -3, 1}
+    e = torch.tensor([1.4, 1.0, 0.001, -0.5])  # FQ at 8 bits: fine step 2^-14 of R = 1
+    h = code_histogram(e, flag_quantize(e, 8), "FQ", 8)
+    assert h.limit == 2**14 and h.width == 65 and h.num == 4 and int(h.counts.sum()) == 4
+    both = code_histogram(x, clipped_direct_quantize(x, 8), "QC", 8)
+    both.add(code_histogram(x, clipped_direct_quantize(x, 8), "QC", 8))
+    assert both.num == 16 and int(both.counts[127]) == 8
+    with pytest.raises(ValueError, match="different code ranges"):
+        both.add(h)
 
 
 def test_off_when_not_recording():

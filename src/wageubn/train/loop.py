@@ -370,7 +370,10 @@ class _Run:
                 from ..diagnostics import Diagnostics
 
                 self.diag = Diagnostics(
-                    self.model, every=cfg.diag.every, path=self.run_dir / "diagnostics.jsonl"
+                    self.model,
+                    every=cfg.diag.every,
+                    path=self.run_dir / "diagnostics.jsonl",
+                    sink=self.metrics.diagnostics if t.tensorboard else None,
                 )
         else:
             self.metrics = _NoMetrics()
