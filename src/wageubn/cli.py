@@ -106,7 +106,10 @@ def list_models_command(args: argparse.Namespace) -> int:
 def plot_command(args: argparse.Namespace) -> int:
     from .train.plots import plot_runs
 
-    out = plot_runs(args.runs, args.out, x=args.x)
+    try:
+        out = plot_runs(args.runs, args.out, x=args.x)
+    except ValueError as exc:  # runs without rows yet
+        raise UsageError(str(exc)) from None
     print(f"wrote {out}")
     return 0
 
@@ -148,7 +151,12 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("plot", help="training curves of one or more runs as a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", default="curves.png", help="PNG file to write (default curves.png)")
-    p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="eval x axis")
+    p.add_argument(
+        "--x",
+        choices=("epoch", "step"),
+        default="epoch",
+        help="x axis: epochs (counted from 0, as in the logs; default) or optimizer steps",
+    )
     p.set_defaults(func=plot_command)
 
     p = subparsers.add_parser("config", help="run configs: config show prints every key")
