@@ -176,7 +176,9 @@ def _cmap(metric: str):
     return cmap, BoundaryNorm(_SCALES[metric], cmap.N)
 
 
-def _draw(fig, ax, grid, metric: str, title: str, annotate: bool = True) -> None:
+def _draw(
+    fig, ax, grid, metric: str, title: str, annotate: bool = True, aspect: float = 20
+) -> None:
     """One heat map (values in percent, NaN = empty) with its labelled, fixed colour scale."""
     import numpy as np
 
@@ -197,7 +199,7 @@ def _draw(fig, ax, grid, metric: str, title: str, annotate: bool = True) -> None
     ax.set_yticks(np.arange(grid.shape[0] + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="0.85", lw=0.5)
     ax.tick_params(which="minor", length=0)
-    bar = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, ticks=_SCALES[metric])
+    bar = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, aspect=aspect, ticks=_SCALES[metric])
     bar.ax.set_yticklabels([f"{b:g}%" for b in _SCALES[metric]], fontsize=7)
     bar.ax.axhline(look, color="black", lw=1.5)
     what = "clipped" if metric == "saturation" else "flushed to 0"
@@ -244,8 +246,8 @@ def overview_figure(rows: list[dict[str, Any]], *, title: str = "") -> Any:
                 value = r.get("unchanged", r["underflow"]) if metric == "underflow" else r[metric]
                 grid[at[r["role"]], col[r["layer"]]] = 100 * value
         grids.append(grid)
-    heights = [max(len(n), 1) for _, n in panels]
-    width = min(30.0, 3.0 + 0.2 * len(layers))
+    heights = [max(len(n), 6) for _, n in panels]  # room for the colour scale's labels
+    width = min(30.0, max(10.0, 3.5 + 0.2 * len(layers)))
     fig, axes = plt.subplots(
         2, 1, figsize=(width, 2.6 + 0.24 * sum(heights)), sharex=True,
         gridspec_kw={"height_ratios": heights},
@@ -303,7 +305,7 @@ def detail_figure(rows: list[dict[str, Any]], *, title: str = "") -> Any:
     names = [f"{layer}  {role}" for layer, role in keys]
     titles = ["saturation (% clipped)", "underflow (% flushed to 0; U: % not moved)"]
     for ax, (metric, grid), text in zip(axes, grids.items(), titles, strict=True):
-        _draw(fig, ax, grid, metric, text, annotate=len(steps) <= 40)
+        _draw(fig, ax, grid, metric, text, annotate=len(steps) <= 40, aspect=40)
         ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks], fontsize=7)
         ax.set_xlabel("step")
