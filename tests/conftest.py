@@ -1,11 +1,35 @@
-"""Test configuration: hypothesis explores new examples locally but replays a fixed set in CI."""
+"""Test configuration: hypothesis explores new examples locally but replays a fixed set in CI.
+
+Data that lives outside the repository and the installed packages is requested through a fixture
+that skips with the install hint when it is absent (a fresh machine), e.g. ``fashion_mnist_root``;
+``.ci/run`` installs it so that CI runs those tests.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
+
+pytest_plugins = ("pytester",)  # tests that run a test of this suite on a simulated machine
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# The apt package that .ci/run installs; the skip reason of every test that needs it.
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+
+
+@pytest.fixture
+def fashion_mnist_root() -> Path:
+    """Debian's Fashion-MNIST directory (``wageubn.data.fashion_mnist.DEFAULT_ROOT``, read when the
+    test runs); the test skips with the install hint when it is not there."""
+    from wageubn.data import fashion_mnist
+
+    root = Path(fashion_mnist.DEFAULT_ROOT)
+    if not root.is_dir():
+        pytest.skip(f"{root} not found: apt-get install {FASHION_MNIST_PACKAGE}")
+    return root

@@ -136,16 +136,50 @@ class _Bwd(torch.autograd.Function):
         return ctx.fn(g).to(g.dtype), None
 
 
+class _BN(torch.autograd.Function):
+    """Training-mode WAGEUBN BN, forward and straight-through backward written out.
+
+    The statistics and the backward's per-channel sums are accumulated in float64 and rounded
+    once to float32 (docs/WAGEUBN.md §2, "reduction order"): this pins the float arithmetic that
+    the contract leaves open, so the library's fused kernels can be compared bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        dims = (0, 2, 3)
+        m = x.numel() // x.shape[1]
+        xd = x.double()
+        mean64 = xd.sum(dims) / m
+        mean = mean64.float()
+        var = torch.clamp((xd * xd).sum(dims) / m - mean64 * mean64, min=0.0).float()
+        std = torch.sqrt(var)
+        mu_q = direct(mean, 16).float()
+        sd_q = direct(std, 16).float() + eps
+        t = (x - mu_q[:, None, None]) / sd_q[:, None, None]
+        xhat = direct(t, 8).float()
+        g_q, b_q = direct(gamma, 8).float(), direct(beta, 8).float()
+        ctx.save_for_backward(x, mean, std, sd_q, g_q, t, xhat)
+        return xhat * g_q[:, None, None] + b_q[:, None, None]
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, std, sd_q, g_q, t, xhat = ctx.saved_tensors
+        dims = (0, 2, 3)
+        m = x.numel() // x.shape[1]
+        d64 = dy.double()
+        s0, s1, s2 = d64.sum(dims), (d64 * xhat).sum(dims), (d64 * t).sum(dims)
+        gq, sq, sd = g_q.double(), sd_q.double(), std.double()
+        d_mu = -(gq * s0) / sq  # through mu_q (straight through Q) and the mean
+        d_var = torch.where(sd > 0, (-(gq * s2) / sq) / (2.0 * sd), 0.0)  # through sigma_q, sqrt
+        k0 = (d_mu / m).float()[:, None, None]
+        k1 = (2.0 * d_var / m).float()[:, None, None]
+        dx = (dy * g_q[:, None, None]) / sd_q[:, None, None] + k0 + (x - mean[:, None, None]) * k1
+        return dx, s1.float(), s0.float(), None
+
+
 def ref_bn(x, gamma, beta, eps=2.0**-15):
     """Training-mode WAGEUBN BN: batch mean and biased variance over (N, H, W)."""
-    mean = x.mean((0, 2, 3))
-    var = x.var((0, 2, 3), unbiased=False)
-    mu_q = _Fwd.apply(mean, lambda t: direct(t, 16))
-    sd_q = _Fwd.apply(torch.sqrt(var), lambda t: direct(t, 16)) + eps
-    xhat = _Fwd.apply((x - mu_q[:, None, None]) / sd_q[:, None, None], lambda t: direct(t, 8))
-    g_q = _Fwd.apply(gamma, lambda t: direct(t, 8))
-    b_q = _Fwd.apply(beta, lambda t: direct(t, 8))
-    return xhat * g_q[:, None, None] + b_q[:, None, None]
+    return _BN.apply(x, gamma, beta, eps)
 
 
 def ref_relu(x, e1_bits=8):

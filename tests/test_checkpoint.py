@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import yaml
 from test_train import rows_without_timing, tiny  # the tiny-run config shared by both files
 from wageubn.train import CheckpointError, RunConfig, load_checkpoint, load_run_config, train
 from wageubn.train.checkpoint import atomic_write_bytes, serialize_checkpoint
+from wageubn.train.lifecycle import describe_status
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,6 +100,66 @@ def test_damaged_checkpoint_is_one_line_error_and_nothing_is_overwritten(tmp_pat
     assert {f.name: f.read_bytes() for f in run.iterdir()} == before
 
 
+class _Code:
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+def _hostile(kind: str, good: bytes) -> bytes:
+    """Files that make torch.load(weights_only=True) fail in its many ways."""
+    import io
+    import pickle
+    import random
+    import zipfile
+
+    if kind == "random":
+        return random.Random(0).randbytes(5000)
+    if kind == "code":  # a pickle that would run os.system
+        buf = io.BytesIO()
+        torch.save({"model": _Code()}, buf)
+        return buf.getvalue()
+    if kind == "plain-pickle":  # pickle protocol 4: torch also warns about it
+        return pickle.dumps({"model": {}}, protocol=4)
+    if kind == "cut-pickle":  # a readable archive whose data.pkl is cut in half (struct.error)
+        src, out = zipfile.ZipFile(io.BytesIO(good)), io.BytesIO()
+        with zipfile.ZipFile(out, "w") as dst:
+            for name in src.namelist():
+                data = src.read(name)
+                dst.writestr(name, data[: len(data) // 2] if name.endswith("data.pkl") else data)
+        return out.getvalue()
+    if kind == "flipped-pickle":  # bytes of data.pkl flipped in place (UnicodeDecodeError)
+        b = bytearray(good)
+        i = good.find(b"data.pkl")
+        for k in range(200, 260):
+            b[i + k] ^= 0x55
+        return bytes(b)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["random", "code", "plain-pickle", "cut-pickle", "flipped-pickle"])
+def test_hostile_checkpoint_shows_our_message_only(tmp_path, finished, kind, capsys):
+    """Whatever torch.load raises or warns, the user sees one line of ours: no traceback, no torch
+    warning, no advice to disable weights_only or to file an issue; code in a pickle never runs."""
+    import warnings
+
+    from wageubn import cli
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(_hostile(kind, (finished / "last.pt").read_bytes()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning torch lets through fails the test
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(bad)
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}: ") and "\n" not in msg
+    assert ("refers to Python code (posix.system)" if kind == "code" else "corrupt") in msg
+    for leak in ("weights_only", "file an issue", "Please", "http", "PyTorch"):
+        assert leak not in msg, leak
+    assert cli.main(["eval", str(bad)]) == 2
+    out, err = capsys.readouterr()
+    assert "owned" not in out and err.count("\n") == 1 and "weights_only" not in err
+
+
 def test_checkpoint_that_does_not_fit_the_model(tmp_path, finished):
     """A well-formed checkpoint whose weights do not fit the model it names is refused."""
     ckpt = load_checkpoint(finished / "last.pt")
@@ -156,8 +218,14 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     saved = load_checkpoint(run / "last.pt")
     steps_total = 2 * 2048 // 32
     assert 0 < saved["step"] < steps_total, "the run finished before it could be killed"
+    info = json.loads((run / "run.json").read_text())  # SIGKILL leaves "running" behind...
+    gone = f"ended without a final status: process {proc.pid} on {info['owner']['host']} is gone"
+    assert info["status"] == "running" and describe_status(info)[0].startswith(gone)  # ...seen
     resumed = train(load_run_config(path), resume=run)
     assert resumed["step"] == steps_total and resumed["status"] == "completed"
+    assert json.loads((run / "run.json").read_text())["resumes"][0]["previous_status"].startswith(
+        gone
+    )
     straight = train(load_run_config(path, {"train.run_name": "straight"}))
     a, b = load_checkpoint(straight["last_checkpoint"]), load_checkpoint(resumed["last_checkpoint"])
     for key in ("model", "optimizer"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,27 @@ def test_missing_dataset_is_one_line(capsys, config, tmp_path):
     assert not (tmp_path / "tiny").exists()  # nothing written for a run that cannot start
 
 
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("optim.lr", "0", "optim.lr must be > 0, got 0"),
+        ("optim.lr", "0.0005", "0.0005 quantizes to 0 with 10 lr bits"),
+        ("optim.momentum", "1.5", "optim.momentum must be in [0, 1], got 1.5"),
+        ("optim.momentum", "-0.25", "optim.momentum must be in [0, 1], got -0.25"),
+    ],
+)
+def test_lr_and_momentum_that_cannot_train_are_config_errors(
+    capsys, config, tmp_path, key, value, expected
+):
+    """A base lr of 0 or one that quantizes to 0 and a momentum outside [0, 1] are refused before
+    anything is written: one line naming the value and the fix, exit status 2."""
+    line = assert_one_line_error(
+        *run(capsys, "train", str(config), f"--{key}", value, "--train.out_dir", str(tmp_path))[::2]
+    )
+    assert expected in line and ("use lr >=" in line or "the paper" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
 def test_argparse_errors_are_one_line(capsys):
     assert_one_line_error(*run(capsys, "train", "--resume")[::2])
     assert_one_line_error(*run(capsys, "frobnicate")[::2])
@@ -206,6 +228,32 @@ def test_plot_of_a_non_run_is_one_line(capsys, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "argv, missing, extra",
+    [
+        (["plot", "RUN", "--out", "OUT/curves.png"], "matplotlib", "plot"),
+        (["inspect", "RUN"], "matplotlib", "plot"),
+        (["profile", "--model", "small_cnn", "--preset", "paper", "--batch", "2", "--plot",
+          "OUT/energy.png"], "matplotlib", "plot"),
+        (["export", "RUN/last.pt", "--out", "OUT/model.safetensors"], "safetensors", "export"),
+    ],
+    ids=["plot", "inspect", "profile-plot", "export"],
+)  # fmt: skip
+def test_missing_optional_extra_names_the_pip_install(
+    capsys, monkeypatch, tmp_path, argv, missing, extra
+):
+    """Without matplotlib / safetensors a command says which `pip install "torch-wageubn[...]"`
+    fixes it (one line, exit 2), before doing any work."""
+    for name in list(sys.modules):
+        if name == missing or name.startswith(missing + "."):
+            monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it raises ModuleNotFoundError
+    argv = [a.replace("RUN", str(tmp_path / "run")).replace("OUT", str(tmp_path)) for a in argv]
+    line = assert_one_line_error(*run(capsys, *argv)[::2])
+    assert f'needs {missing}, which is not installed: pip install "torch-wageubn[{extra}]"' in line
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_training_failure_exit_1(capsys, config, tmp_path):
     code, _, err = run(
         capsys,
@@ -224,8 +272,6 @@ def test_training_failure_exit_1(capsys, config, tmp_path):
 def _env_with_this_checkout() -> dict[str, str]:
     """The environment with this checkout's src/ first on the path (a relative PYTHONPATH=src
     would not survive a change of directory)."""
-    import os
-
     path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path}
 

@@ -78,6 +78,53 @@ def test_unsupported_module_is_named():
     assert type(m[1]) is QuantConv2d
 
 
+def test_every_unsupported_module_is_listed_at_once_and_nothing_changes():
+    """Three unsupported modules: one error names all three; the model is left unconverted."""
+    m = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.GELU(), nn.Conv2d(2, 2, 3), nn.LayerNorm(2), nn.SiLU(),
+        nn.Flatten(), nn.Linear(2, 2),
+    )  # fmt: skip
+    with pytest.raises(UnsupportedModuleError) as info:
+        quantize_(m, "paper")
+    msg = str(info.value)
+    assert "3 modules cannot be converted" in msg and "\n" not in msg
+    for name in (
+        "1 is a torch.nn.modules.activation.GELU",
+        "3 is a",
+        "LayerNorm",
+        "4 is a",
+        "SiLU",
+    ):
+        assert name in msg
+    assert type(m[2]) is nn.Conv2d and not hasattr(m, "_wageubn_config")
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(2, 2, 3, padding=1, padding_mode="replicate"),
+        nn.Conv2d(2, 2, 3, padding="same"),
+    ],
+    ids=["reflect", "circular", "replicate", "same"],
+)
+def test_int8_refuses_padding_it_cannot_run_at_quantize_time(conv):
+    """arithmetic='int8' pads with zeros by a number of pixels only: other paddings are refused by
+    quantize_ (naming the module and the fix), not at the first forward; simulated presets and
+    the float stem keep them."""
+    m = nn.Sequential(nn.Conv2d(1, 2, 3, padding_mode="reflect", padding=1), conv, nn.ReLU())
+    with pytest.raises(UnsupportedModuleError, match=r"1 is a Conv2d with padding.*int8") as info:
+        quantize_(m, "int8")
+    assert "0 is" not in str(info.value)  # the float stem runs in torch: any padding works
+    assert type(m[1]) is nn.Conv2d
+    quantize_(m, "paper")
+    assert type(m[1]) is QuantConv2d
+    with pytest.raises(UnsupportedModuleError, match="1 is a Conv2d with padding"):
+        quantize_(m, "int8")  # re-configuring a quantized model is checked the same way
+    assert m[1].config.arithmetic != "int8"
+
+
 def test_module_with_own_parameters_is_not_skipped():
     class Scale(nn.Module):
         def __init__(self):

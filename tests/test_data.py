@@ -41,7 +41,6 @@ EXACT = {"rtol": 0, "atol": 0}
 # Official MNIST histograms: the 60k training set (= our train 50k + val 10k) and the 10k test set.
 MNIST_TRAIN60K_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_HIST = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
 
 def _foolbox_data() -> Path:
@@ -185,8 +184,7 @@ def test_idx_parse_rejects_corrupt_content(tmp_path):
         load_dataset("fashion_mnist", "test", tmp_path)
 
 
-@pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason="apt-get install dataset-fashion-mnist")
-def test_fashion_mnist_real_files():
+def test_fashion_mnist_real_files(fashion_mnist_root):
     """Debian's Fashion-MNIST: 60k/10k, 6000/1000 per class, matches foolbox's copies."""
     train, test = load_dataset("fashion_mnist", "train"), load_dataset("fashion_mnist", "test")
     assert train.images.shape == (60_000, 1, 28, 28) and test.images.shape == (10_000, 1, 28, 28)

@@ -330,3 +330,37 @@ def test_cli_export_predict_dump(mnist, tmp_path, capsys):
         str(step),
     )
     assert verify_dump(step)["mismatches"] == []
+
+
+def test_cli_export_into_a_missing_or_unwritable_directory(mnist, tmp_path, capsys, monkeypatch):
+    """`wageubn export --out` into a missing directory, or one that refuses the write: one line,
+    exit 2, nothing written, an existing export left as it was."""
+    import errno
+    import tempfile
+
+    from wageubn import cli
+
+    images, x, y = mnist
+    ckpt = tmp_path / "last.pt"
+    _checkpoint(_model("paper", True, x), ckpt)
+
+    def error(*argv: str) -> str:
+        assert cli.main(list(argv)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("wageubn: error: --out "), lines
+        return lines[0]
+
+    missing = tmp_path / "no" / "such" / "m.safetensors"
+    line = error("export", str(ckpt), "--out", str(missing))
+    assert f"the directory {missing.parent} does not exist" in line and "mkdir -p" in line
+    assert not (tmp_path / "no").exists()
+    previous = tmp_path / "m.safetensors"
+    previous.write_bytes(b"the previous export")
+
+    def refuse(*args, **kwargs):  # a read-only directory (root ignores chmod)
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    line = error("export", str(ckpt), "--out", str(previous))
+    assert "cannot write it (Permission denied)" in line and "existing file is unchanged" in line
+    assert previous.read_bytes() == b"the previous export"

@@ -240,17 +240,18 @@ def test_int8_config_copies_are_independent():
 # -- int8 BatchNorm and ReLU: single autograd functions that save integers ---------------------
 
 from wageubn.nn import QuantBatchNorm2d, QuantReLU  # noqa: E402
-from wageubn.nn.int8_elementwise import pack_bits, unpack_bits  # noqa: E402
+from wageubn.nn.fused import pack_mask, unpack_mask  # noqa: E402
 from wageubn.quant import shift_quantize  # noqa: E402
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=70))
-def test_pack_bits_round_trip(bits):
+def test_pack_mask_round_trip(bits):
     mask = torch.tensor(bits)
-    packed = pack_bits(mask)
+    padded = torch.nn.functional.pad(mask, (0, (-len(bits)) % 8))  # the ReLU pads to 8
+    packed = pack_mask(padded)
     assert packed.dtype == torch.uint8 and packed.numel() == (len(bits) + 7) // 8
-    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+    assert torch.equal(unpack_mask(packed, len(bits)), mask)
 
 
 def _bn_pair(config_int8, config_paper, train=True, seed=0):
@@ -361,14 +362,14 @@ def test_grouped_conv_integer_equals_float(backend):
 def test_input_gradient_fast_and_exact_paths_agree(channels):
     """K·127·max|code| < 2^24 takes the fused float32 path, larger K the float64 combination:
     both must equal the exact integer result rounded once (computed here from int64 oracles)."""
-    from wageubn.nn.int8 import _IntegerProducts
+    from wageubn.nn.int8 import _IntegerProducts, planes_of
 
     torch.manual_seed(0)
     w = torch.randint(-127, 128, (channels, 3, 3, 3), dtype=torch.int8)
     g = torch.randn(2, channels, 5, 5)
-    planes = error2_planes(g, 8)
+    planes = planes_of(g, 8)
     got = _IntegerProducts("reference").conv_input(planes, w, -7, (2, 3, 5, 5), (1, 1, 1, 1), 8)
-    coarse, fine, e = planes
+    coarse, fine, e = error2_planes(g, 8)
     acc = [kernels.conv2d_input_grad(p, w, (2, 3, 5, 5), 1, 1, backend="reference").long()
            for p in (coarse, fine)]  # fmt: skip
     exact = ((acc[0] * 128 + acc[1]).double() * 2.0 ** (e - 7 - 7)).float()

@@ -166,10 +166,20 @@ def test_layer_rejects_non_config():
         QuantConv2d(2, 3, 3, config="paper")  # type: ignore[arg-type]
 
 
-def test_nan_gradient_is_an_error():
+def test_nan_gradient_propagates_and_the_step_refuses_it():
+    """A NaN reaching E2 is not hidden on the integer grid: it poisons the gradients (no host
+    read in backward), and QSGD refuses the step before writing any parameter."""
+    from wageubn import QSGD
+
     conv = QuantConv2d(2, 3, 3, config=PAPER)
-    z = conv(torch.randn(1, 2, 5, 5))
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    z = conv(x)
     g = torch.randn_like(z)
     g[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        z.backward(g)
+    z.backward(g)
+    assert bool(torch.isnan(conv.weight.grad).all()) and bool(torch.isnan(x.grad).all())
+    opt = QSGD(conv.parameters(), lr=0.5, config=PAPER)
+    before = conv.weight.detach().clone()
+    with pytest.raises(ValueError, match="not finite, so nothing was updated.*NaN"):
+        opt.step()
+    assert torch.equal(conv.weight.detach(), before) and not opt.state

@@ -146,15 +146,45 @@ def test_grad_range_is_schedulable():
 
 
 def test_lr_quantizing_to_zero_is_an_error():
+    """A base lr that quantizes to 0 is refused at construction; momentum above 1 too."""
     p = nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match=r"lr=0\.0005 quantizes to 0 with 10 lr bits"):
         QSGD([p], lr=0.0005, config="paper")
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\], got 1.5"):
+        QSGD([p], lr=0.05, momentum=1.5, config="paper")
+    QSGD([p], lr=0.0005, config="fp32")  # float lr: fine
+
+
+def test_scheduled_lr_quantizing_to_zero_warns_once_and_updates_nothing():
+    """A schedule that decays the lr to a value QC(lr, 10) rounds to 0 must finish the run (as
+    torch.optim.lr_scheduler users expect): one RuntimeWarning, parameters left unchanged."""
+    p = nn.Parameter(torch.full((2,), 0.5))
     opt = QSGD([{"params": [p], "role": "weight"}], lr=0.05, config="paper")
     opt.param_groups[0]["lr"] = 1e-4
     p.grad = torch.ones(2)
-    with pytest.raises(ValueError, match="quantizes to 0"):
+    with pytest.warns(RuntimeWarning, match=r"scheduled lr 0\.0001 quantizes to 0"):
         opt.step()
-    QSGD([p], lr=0.0005, config="fp32")  # float lr: fine
+    assert torch.equal(p.detach(), torch.full((2,), 0.5))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only once
+        opt.step()
+
+
+def test_cosine_schedule_to_zero_finishes():
+    """CosineAnnealingLR(T_max=100) ends at lr 0: every one of the 100 steps runs."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4))
+    setattr(w, ROLE_TAG, "weight")
+    opt = QSGD([w], lr=0.25, config="paper", generator=torch.Generator().manual_seed(0))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
+    with pytest.warns(RuntimeWarning, match="quantizes to 0"):
+        for _ in range(100):
+            w.grad = torch.randn(4)
+            opt.step()
+            sched.step()
+    assert bool(torch.isfinite(w).all())
 
 
 def test_nan_gradient_names_the_parameter():

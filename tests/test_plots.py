@@ -43,7 +43,7 @@ def _lines(ax):
 
 def test_two_runs_log_loss_train_and_eval_accuracy_epochs_from_zero(tmp_path):
     full = _run(tmp_path / "full", epochs=2)
-    short = _run(tmp_path / "short", epochs=1, steps=7, evals=False)  # stopped by max_steps
+    short = _run(tmp_path / "short", epochs=1, steps=7, evals=False)  # interrupted, no eval
     fig = figure_runs([full, short])
     ax_loss, ax_acc = fig.axes
     assert ax_loss.get_yscale() == "log" and ax_acc.get_yscale() == "linear"
@@ -59,7 +59,7 @@ def test_two_runs_log_loss_train_and_eval_accuracy_epochs_from_zero(tmp_path):
     train_full = acc_lines[0]
     assert list(train_full.get_xdata()) == [0.5, 1.0, 1.5, 2.0]
     legend = [t.get_text() for t in ax_acc.get_legend().get_texts()]
-    assert legend[:2] == ["full", "short"] and "eval (end of epoch)" in legend
+    assert legend[:2] == ["full", "short"] and "eval (end of epoch or run)" in legend
     assert ax_loss.get_xlim()[1] == pytest.approx(2.03)
 
 
@@ -69,7 +69,7 @@ def test_no_empty_accuracy_panel(tmp_path):
     fig = figure_runs([run])
     assert len(fig.axes) == 1 and fig.axes[0].get_yscale() == "log"
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "eval (end of epoch)" not in legend
+    assert "eval (end of epoch or run)" not in legend
 
 
 def test_step_axis_and_steps_per_epoch(tmp_path, caplog):

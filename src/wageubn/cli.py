@@ -28,6 +28,7 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -40,6 +41,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "wageubn.diagnostics.inspect",
     "wageubn.profile.command",
 )
+
+
+# Seconds a failing torchrun worker other than rank 0 waits before exiting (see console_main).
+RANK0_GRACE_S = 10.0
 
 
 class UsageError(Exception):
@@ -65,12 +70,19 @@ def train_command(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_checkpoint(args.resume, args.overrides)
     with command_progress(enabled=not args.no_progress, log_every=cfg.train.log_every) as progress:
-        result = train(cfg, resume=args.resume, progress=progress, command=["wageubn", *args.argv])
+        result = train(
+            cfg,
+            resume=args.resume,
+            progress=progress,
+            command=["wageubn", *args.argv],
+            handle_signals=True,
+        )
     ev = result["eval"]
     summary = f"{result['status']} after {result['step']} steps; run directory {result['run_dir']}"
     if ev is not None:
         summary += f"; {ev['split']} accuracy {ev['acc']:.4f} loss {ev['loss']:.4f}"
-    print(summary)
+    if _is_rank0():
+        print(summary)
     return 0
 
 
@@ -86,6 +98,8 @@ def eval_command(args: argparse.Namespace) -> int:
         f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
         f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
     )
+    if r["run_status"] is not None:
+        print(f"run status: {r['run_status']}")
     return 0
 
 
@@ -234,18 +248,41 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     return parser, user_errors
 
 
+def _is_rank0() -> bool:
+    """Not a torchrun worker, or its rank 0: the process that speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _report(text: str, *, every_rank: bool = False) -> None:
+    """Print on rank 0; with ``every_rank`` (a failure during the run, which may be one rank's
+    own) also on the others, naming the rank."""
+    if _is_rank0():
+        print(text, file=sys.stderr)
+    elif every_rank:
+        print(text.replace("wageubn:", f"wageubn: rank {os.environ['RANK']}:", 1), file=sys.stderr)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error)."""
-    from .data import DatasetNotFoundError
-    from .train import CheckpointError, RunConfigError, TrainingError
+    """Run one command; returns the exit status (0 ok, 1 training failed, 2 user error or a file
+    to fix, 128 + N stopped by signal N). Under torchrun only rank 0 prints."""
+    from .data import CorruptDataError, DatasetNotFoundError
+    from .extras import MissingExtraError
+    from .train import (
+        CheckpointError,
+        RunConfigError,
+        TrainingError,
+        TrainingInterrupted,
+        TrainingIOError,
+    )
 
     argv = list(sys.argv[1:] if argv is None else argv)
     user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
+    user_errors += (MissingExtraError, CorruptDataError)
     try:
         parser, extra = build_parser()
         user_errors += extra
@@ -258,17 +295,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"wageubn {args.command}: unexpected argument {overrides[0]}")
         args.overrides, args.argv = overrides, argv
         return int(args.func(args))
+    except TrainingIOError as exc:  # a file to fix, found during the run
+        _report(f"wageubn: error: {_one_line(exc)}", every_rank=True)
+        return 2
     except user_errors as exc:
-        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: error: {_one_line(exc)}")
         return 2
     except FileNotFoundError as exc:
-        print(f"wageubn: error: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: error: {_one_line(exc)}")
         return 2
     except TrainingError as exc:
-        print(f"wageubn: {_one_line(exc)}", file=sys.stderr)
+        _report(f"wageubn: {_one_line(exc)}", every_rank=True)
         return 1
+    except TrainingInterrupted as exc:
+        _report(f"wageubn: {_one_line(exc)}")
+        return 128 + exc.signum  # 143 for SIGTERM, 130 for SIGINT, as the shell reports them
     except KeyboardInterrupt:
-        print("wageubn: interrupted; continue with wageubn train --resume RUN_DIR", file=sys.stderr)
+        _report("wageubn: interrupted; continue with wageubn train --resume RUN_DIR")
         return 130
 
 
@@ -276,6 +319,11 @@ def console_main() -> None:
     """Entry point of the ``wageubn`` console script (and of ``python -m wageubn``)."""
     code = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if code != 0 and not _is_rank0():
+            # Rank 0 reports what the ranks share (a config error all of them raised), and
+            # torchrun stops every worker as soon as one fails: leave rank 0 the time to say it.
+            # torchrun ends this wait when rank 0 exits.
+            time.sleep(RANK0_GRACE_S)
         # A torchrun worker: gloo's threads can abort the process (SIGABRT) during interpreter
         # finalization even after destroy_process_group (pytorch/pytorch#190489), which torchrun
         # reports as a failed run. Everything is written and flushed: leave without finalizing.

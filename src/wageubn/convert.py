@@ -12,8 +12,11 @@ float module           quantized module      what the swap adds
 As in the released code, the first ``Conv2d`` (the stem) and the last ``Linear`` (the classifier)
 in registration order stay float unless ``config.quantize_stem`` / ``config.quantize_head`` say
 otherwise. Containers and shape-only modules (pooling, flatten, dropout, identity) need no swap.
-Any other module that ``filter_fn`` selects has no quantized counterpart and raises
-``UnsupportedModuleError`` naming its path and type: nothing is skipped silently.
+Any other module that ``filter_fn`` selects has no quantized counterpart, and with
+``arithmetic="int8"`` a convolution padded other than by zeros (``padding_mode`` reflect, replicate,
+circular) or by a string (``"same"``) cannot run: ``quantize_`` raises one
+``UnsupportedModuleError`` naming every such module (path, type, reason) before changing anything.
+Nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from .config import WAGEUBNConfig
+from .fuse import fuse_bn_relu_
 from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from .quant import direct_quantize
 
@@ -105,17 +109,28 @@ def quantize_(
     if head is not None and not config.quantize_head:
         keep_float.add(head)
 
+    # Every module is checked before anything is swapped: all problems are reported together and
+    # a model that cannot be converted is left as it was.
     swaps: list[tuple[str, nn.Module]] = []
+    reconfigure: list[nn.Module] = []
+    unsupported: list[str] = []
     for fqn, mod in model.named_modules():
         if filter_fn is not None and not filter_fn(mod, fqn):
             continue
         if type(mod) in _FLOAT_OF:  # already quantized: re-configure
-            mod.config = config
+            problem = _int8_conv_problem(mod, config)
+            if problem:
+                unsupported.append(f"{fqn or 'the model'} {problem}")
+            reconfigure.append(mod)
             continue
         if fqn in keep_float:
             continue
         if type(mod) in QUANT_MODULES:
-            swaps.append((fqn, QUANT_MODULES[type(mod)].from_float(mod, config)))
+            problem = _int8_conv_problem(mod, config)
+            if problem:
+                unsupported.append(f"{fqn or 'the model'} {problem}")
+            else:
+                swaps.append((fqn, mod))
             continue
         has_own_params = next(mod.parameters(recurse=False), None) is not None
         if not has_own_params and isinstance(mod, _TRANSPARENT + _CONTAINERS):
@@ -123,17 +138,45 @@ def quantize_(
         if not has_own_params and mod._modules:  # a user block: its children are visited
             continue
         what = "has parameters of its own and " if has_own_params else ""
+        unsupported.append(
+            f"{fqn or 'the model'} is a {type(mod).__module__}.{type(mod).__name__}, "
+            f"which {what}has no quantized counterpart"
+        )
+    if unsupported:
+        many = f"{len(unsupported)} modules cannot be converted: " if len(unsupported) > 1 else ""
         raise UnsupportedModuleError(
-            f"quantize_: {fqn or 'the model'} is a {type(mod).__module__}.{type(mod).__name__}, "
-            f"which {what}has no quantized counterpart; exclude it with filter_fn "
+            f"quantize_: {many}{'; '.join(unsupported)}; exclude them with filter_fn "
             f"(supported: {', '.join(t.__name__ for t in QUANT_MODULES)})"
         )
+    for mod in reconfigure:
+        mod.config = config
+    swaps = [(fqn, QUANT_MODULES[type(mod)].from_float(mod, config)) for fqn, mod in swaps]
     for fqn, new in swaps:
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
         _snap_to_grid(new, config)
+    fuse_bn_relu_(model)  # speed and memory only: BN computes the ReLU after it where it may
     model._wageubn_config = config  # read by the trainer, the exporter and the diagnostics
     return model
+
+
+def _int8_conv_problem(mod: nn.Module, config: WAGEUBNConfig) -> str | None:
+    """Why ``arithmetic="int8"`` cannot run this convolution (None when it can): the integer
+    convolution pads with zeros by a number of pixels, nothing else."""
+    if config.arithmetic != "int8" or not isinstance(mod, nn.Conv2d | QuantConv2d):
+        return None
+    if mod.padding_mode != "zeros":
+        return (
+            f"is a Conv2d with padding_mode={mod.padding_mode!r}, which arithmetic='int8' cannot "
+            "run (zero padding only); use padding_mode='zeros' or a preset with simulated "
+            "arithmetic"
+        )
+    if isinstance(mod.padding, str):
+        return (
+            f"is a Conv2d with padding={mod.padding!r}, which arithmetic='int8' cannot run; give "
+            "the padding in pixels (e.g. padding=1 for a 3x3 kernel)"
+        )
+    return None
 
 
 @torch.no_grad()

@@ -25,12 +25,13 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from . import cifar, fashion_mnist, imagefolder, mnist
-from .loader import Batches, DatasetNotFoundError, InMemoryDataset, derive_seed
+from .loader import Batches, CorruptDataError, DatasetNotFoundError, InMemoryDataset, derive_seed
 from .transforms import MEAN_STD
 
 __all__ = [
     "MEAN_STD",
     "Batches",
+    "CorruptDataError",
     "DatasetNotFoundError",
     "InMemoryDataset",
     "derive_seed",

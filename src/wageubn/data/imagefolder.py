@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .loader import DatasetNotFoundError
+from .loader import CorruptDataError, DatasetNotFoundError
 from .transforms import MEAN_STD, ImageNetEval, ImageNetTrain
 
 __all__ = ["EXTENSIONS", "ImageFolder", "load"]
@@ -81,13 +81,16 @@ class ImageFolder(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> Image.Image:
-        """The decoded RGB image of sample ``index``; an undecodable file is a ValueError."""
+        """The decoded RGB image of sample ``index``; an undecodable file is a `CorruptDataError`
+        (a ValueError) naming it."""
         path = self.samples[index][0]
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+            raise CorruptDataError(
+                f"{path}: cannot decode image ({type(e).__name__}: {e}); replace or remove the file"
+            ) from e
 
     def get(self, index: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
         """Sample ``index`` with its augmentation drawn from ``generator``."""

@@ -34,6 +34,7 @@ from . import transforms
 
 __all__ = [
     "Batches",
+    "CorruptDataError",
     "DatasetNotFoundError",
     "InMemoryDataset",
     "derive_seed",
@@ -44,6 +45,11 @@ __all__ = [
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are not where we looked; the one-line message says how to get them."""
+
+
+class CorruptDataError(ValueError):
+    """A data file that cannot be decoded (e.g. one image of an ImageFolder); the one-line message
+    names the file."""
 
 
 def read_gzip(path: Path) -> bytes:
@@ -382,4 +388,20 @@ class Batches:
         loader = DataLoader(
             dataset, batch_sampler=plan, num_workers=self.num_workers, generator=loader_generator
         )
-        yield from enumerate(loader, start=start)
+        try:
+            yield from enumerate(loader, start=start)
+        except CorruptDataError as exc:
+            raise CorruptDataError(_worker_message(exc)) from None
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original one-line message of an exception that a DataLoader worker raised: the main
+    process re-raises it with the worker's whole traceback as its text."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__name__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix) :]
+    return last

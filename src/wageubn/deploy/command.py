@@ -117,9 +117,22 @@ def evaluate_integer(
 def export_command(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    out = export_model(
-        args.checkpoint, args.out, data=args.data, float_weight_bits=args.float_weight_bits
-    )
+    out = Path(args.out)
+    if not out.parent.is_dir():  # checked before the export's work
+        raise _usage(
+            f"--out {out}: the directory {out.parent} does not exist; create it first "
+            f"(mkdir -p {out.parent}); nothing was written"
+        )
+    try:
+        out = export_model(
+            args.checkpoint, out, data=args.data, float_weight_bits=args.float_weight_bits
+        )
+    except OSError as exc:
+        kept = "; the existing file is unchanged" if out.exists() else ""
+        raise _usage(
+            f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written{kept}; "
+            "choose a writable --out"
+        ) from None
     print(f"wrote {out} ({out.stat().st_size} bytes)")
     return 0
 

@@ -383,11 +383,14 @@ def export_model(
     (a name of ``wageubn.data.MEAN_STD``; a checkpoint knows its own) or ``mean`` and ``std``.
     Float ``Conv2d`` / ``Linear`` weights (the default config's stem and classifier) become
     ``float_weight_bits`` (8 or 16) per-tensor power-of-two codes; 16-bit codes run as two int8
-    digits. Raises ``UnsupportedModuleError`` for a float model or an op without integer deployment.
+    digits. Raises ``UnsupportedModuleError`` for a float model or an op without integer deployment,
+    ``OSError`` when ``path`` cannot be written (an existing file there is then left unchanged).
     """
-    from safetensors.torch import save_file
-
     from ..data import MEAN_STD
+    from ..extras import require
+    from ..train.checkpoint import atomic_write_bytes
+
+    st = require("safetensors.torch", "export", "export_model (wageubn export)")
 
     source: dict[str, Any] = {}
     if isinstance(model_or_checkpoint, (str, Path)):
@@ -440,5 +443,6 @@ def export_model(
     }
     path = Path(path)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(path), metadata=metadata)
+    # atomic: a failed write (missing or read-only directory, full disk) leaves any previous file
+    atomic_write_bytes(path, st.save(tensors, metadata=metadata))
     return path

@@ -311,8 +311,9 @@ def dump_step(
     stochastic rounding of G). Give ``model_name`` / ``model_kwargs`` (a ``create_model`` call) so
     that ``verify_dump(path)`` can rebuild the model without being handed one.
     """
-    from safetensors.torch import save_file
+    from ..extras import require
 
+    save_file = require("safetensors.torch", "export", "dump_step (wageubn dump-step)").save_file
     opt_cfg = _check_opt(optimizer_config)
     tensors = _record_step(model, batch, opt_cfg)
     cfg = model._wageubn_config
@@ -340,8 +341,10 @@ def dump_step(
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
+    from ..extras import require
 
+    safetensors = require("safetensors", "export", "verify_dump")
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
     if not path.is_file():
         raise DeployError(f"{path}: no such golden-step file; create it with wageubn dump-step")
     try:

@@ -181,8 +181,10 @@ class IntegerModel:
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto") -> IntegerModel:
         """Read and validate an export; ``DeployError`` names the file and what is wrong."""
-        from safetensors import SafetensorError, safe_open
+        from ..extras import require
 
+        safetensors = require("safetensors", "export", "IntegerModel.load (wageubn predict)")
+        SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
         path = Path(path)
         if not path.is_file():
             raise DeployError(f"{path}: no such exported model file; create it with wageubn export")

@@ -20,6 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+
 __all__ = [
     "SATURATION_LOOK",
     "UNDERFLOW_LOOK",
@@ -224,7 +226,7 @@ def overview_map(rows: list[dict[str, Any]], out: str | Path, *, title: str = ""
 
 def overview_figure(rows: list[dict[str, Any]], *, title: str = "") -> Any:
     """The matplotlib figure of `overview_map` (axes: saturation, underflow, two colorbars)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "the heat maps of wageubn inspect")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -279,7 +281,7 @@ def detail_map(rows: list[dict[str, Any]], out: str | Path, *, title: str = "") 
 
 def detail_figure(rows: list[dict[str, Any]], *, title: str = "") -> Any:
     """The matplotlib figure of `detail_map` (axes: saturation, underflow, two colorbars)."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plot", "the heat maps of wageubn inspect")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -341,6 +343,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require("matplotlib", "plot", "the heat maps of wageubn inspect")  # before any output
     rows = load_rows(args.run)
     detail = bool(args.role or args.layer)
     if detail:

@@ -25,7 +25,13 @@ from types import ModuleType
 import torch
 
 from . import reference
-from .reference import DOUBLE_EXACT, accumulator_bound, accumulator_dtype, conv_out_size
+from .reference import (
+    DOUBLE_EXACT,
+    Exponent,
+    accumulator_bound,
+    accumulator_dtype,
+    conv_out_size,
+)
 
 __all__ = [
     "accumulator_dtype",
@@ -144,14 +150,25 @@ def _pair(fn: str, name: str, v: object, minimum: int) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _check_exponent(fn: str, out_exponent: object) -> None:
+def _check_exponent(fn: str, out_exponent: object, out_guard: object = None) -> None:
+    if out_guard is not None and (
+        not isinstance(out_guard, torch.Tensor) or out_guard.dim() != 0 or out_exponent is None
+    ):
+        raise TypeError(
+            f"{fn}: out_guard must be a 0-dim tensor (0 or NaN, added to the output scale) and "
+            "needs out_exponent"
+        )
     if out_exponent is None:
         return
-    if isinstance(out_exponent, bool) or not isinstance(out_exponent, int):
-        raise TypeError(
-            f"{fn}: out_exponent must be None or an int (the power of two of the "
-            f"float32 output scale), got {out_exponent!r}"
-        )
+    if isinstance(out_exponent, torch.Tensor):
+        if out_exponent.dim() == 0 and not out_exponent.is_floating_point():
+            return
+    elif isinstance(out_exponent, int) and not isinstance(out_exponent, bool):
+        return
+    raise TypeError(
+        f"{fn}: out_exponent must be None or an int (or a 0-dim integer tensor on the device): "
+        f"the power of two of the float32 output scale; got {out_exponent!r}"
+    )
 
 
 def _check_bound(fn: str, terms: int, a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
@@ -199,13 +216,18 @@ def _check_conv_shapes(fn, n_in, c_in, w_shape, groups, h, wd, stride, padding, 
 
 
 def linear_forward(
-    x: torch.Tensor, w: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    backend: str = "auto",
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, K) int8/uint8 x, (N, K) int8 w → (M, N) = x @ wᵀ, exact (int32/int64 or scaled float32)."""
     fn = "linear_forward"
     _check_codes(fn, "x", x, 2, True)
     _check_codes(fn, "w", w, 2, False)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     if x.shape[1] != w.shape[1]:
         raise ValueError(
             f"{fn}: x is {tuple(x.shape)} and w is {tuple(w.shape)}; need "
@@ -213,34 +235,48 @@ def linear_forward(
         )
     out_dtype = _check_bound(fn, x.shape[1], x, w)
     mod = _resolve(backend, _same_device(fn, x, w))
-    return mod.linear_forward(x, w, out_dtype=out_dtype, out_exponent=out_exponent)
+    return mod.linear_forward(
+        x, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
+    )
 
 
 def linear_input_grad(
-    e: torch.Tensor, w: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+    e: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    backend: str = "auto",
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, N) int8 e, (N, K) int8 w → (M, K) = e @ w, exact."""
     fn = "linear_input_grad"
     _check_codes(fn, "e", e, 2, False)
     _check_codes(fn, "w", w, 2, False)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     if e.shape[1] != w.shape[0]:
         raise ValueError(
             f"{fn}: e is {tuple(e.shape)} and w is {tuple(w.shape)}; need e.shape[1] == w.shape[0]"
         )
     out_dtype = _check_bound(fn, e.shape[1], e, w)
     mod = _resolve(backend, _same_device(fn, e, w))
-    return mod.linear_input_grad(e, w, out_dtype=out_dtype, out_exponent=out_exponent)
+    return mod.linear_input_grad(
+        e, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
+    )
 
 
 def linear_weight_grad(
-    e: torch.Tensor, x: torch.Tensor, *, backend: str = "auto", out_exponent: int | None = None
+    e: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    backend: str = "auto",
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(M, N) int8 e, (M, K) int8/uint8 x → (N, K) = eᵀ @ x, exact (K-chunked, int64 if needed)."""
     fn = "linear_weight_grad"
     _check_codes(fn, "e", e, 2, False)
     _check_codes(fn, "x", x, 2, True)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     if e.shape[0] != x.shape[0]:
         raise ValueError(
             f"{fn}: e is {tuple(e.shape)} and x is {tuple(x.shape)}; need the "
@@ -248,7 +284,9 @@ def linear_weight_grad(
         )
     out_dtype = _check_bound(fn, e.shape[0], e, x)
     mod = _resolve(backend, _same_device(fn, e, x))
-    return mod.linear_weight_grad(e, x, out_dtype=out_dtype, out_exponent=out_exponent)
+    return mod.linear_weight_grad(
+        e, x, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
+    )
 
 
 # -------------------------------------------------------------------------------------------- conv
@@ -263,7 +301,8 @@ def conv2d_forward(
     groups: int = 1,
     *,
     backend: str = "auto",
-    out_exponent: int | None = None,
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, C, H, W) int8/uint8 x, (O, C/g, kh, kw) int8 w → (N, O, Ho, Wo), as ``F.conv2d``.
 
@@ -272,7 +311,7 @@ def conv2d_forward(
     fn = "conv2d_forward"
     _check_codes(fn, "x", x, 4, True)
     _check_codes(fn, "w", w, 4, False)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
     _check_conv_shapes(
         fn,
@@ -289,7 +328,15 @@ def conv2d_forward(
     out_dtype = _check_bound(fn, w.shape[1] * w.shape[2] * w.shape[3], x, w)
     mod = _resolve(backend, _same_device(fn, x, w))
     return mod.conv2d_forward(
-        x, w, stride, padding, dilation, groups, out_dtype=out_dtype, out_exponent=out_exponent
+        x,
+        w,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+        out_guard=out_guard,
     )
 
 
@@ -315,7 +362,8 @@ def conv2d_input_grad(
     groups: int = 1,
     *,
     backend: str = "auto",
-    out_exponent: int | None = None,
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, O, Ho, Wo) int8 e, (O, C/g, kh, kw) int8 w → (N, C, H, W), as
     ``torch.nn.grad.conv2d_input``. Exact; ``K = O/g · kh · kw``. The CPU result is channels_last.
@@ -323,7 +371,7 @@ def conv2d_input_grad(
     fn = "conv2d_input_grad"
     _check_codes(fn, "e", e, 4, False)
     _check_codes(fn, "w", w, 4, False)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
     size = _full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * groups)
     ho, wo = _check_conv_shapes(
@@ -346,6 +394,7 @@ def conv2d_input_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
     )
 
 
@@ -359,7 +408,8 @@ def conv2d_weight_grad(
     groups: int = 1,
     *,
     backend: str = "auto",
-    out_exponent: int | None = None,
+    out_exponent: Exponent | None = None,
+    out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, C, H, W) int8/uint8 x, (N, O, Ho, Wo) int8 e → (O, C/g, kh, kw), as
     ``torch.nn.grad.conv2d_weight``. Exact; ``K = N · Ho · Wo`` (chunked, int64 when needed).
@@ -367,7 +417,7 @@ def conv2d_weight_grad(
     fn = "conv2d_weight_grad"
     _check_codes(fn, "x", x, 4, True)
     _check_codes(fn, "e", e, 4, False)
-    _check_exponent(fn, out_exponent)
+    _check_exponent(fn, out_exponent, out_guard)
     stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
     if (
         not isinstance(weight_size, Sequence)
@@ -406,4 +456,5 @@ def conv2d_weight_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
     )

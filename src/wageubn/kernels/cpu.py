@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from .reference import FLOAT_EXACT, INT32_MAX, code_max, conv_out_size, scale_exact
+from .reference import (
+    FLOAT_EXACT,
+    INT32_MAX,
+    code_max,
+    conv_out_size,
+    scale_exact,
+    scale_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +150,19 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
     return acc.to(out_dtype)
 
 
-def to_output(acc: torch.Tensor, out_exponent: int | None) -> torch.Tensor:
-    """Exact integer accumulator → itself, or float32 ``acc · 2^e`` rounded once."""
+def to_output(acc: torch.Tensor, out_exponent, guard: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact integer accumulator → itself, or float32 ``acc · 2^e`` rounded once.
+
+    ``out_exponent`` is an int, or a 0-dim integer tensor (no host read: the int32 → float32
+    conversion rounds once and the power of two scales exactly while the result is a normal
+    float32); ``guard`` (0 or NaN) is added to the scale."""
     if out_exponent is None:
         return acc
+    if isinstance(out_exponent, torch.Tensor) or guard is not None:
+        if acc.dtype == torch.int32:
+            scale = scale_tensor(out_exponent, guard, torch.float32, acc.device)
+            return acc.to(torch.float32).mul_(scale)
+        return scale_exact(acc, out_exponent, guard)
     if acc.dtype == torch.int32 and -126 <= out_exponent <= 127 - 32:
         # int32 → float32 rounds once (nearest-even); a normal power of two scales exactly
         return acc.to(torch.float32).mul_(2.0**out_exponent)
@@ -172,8 +188,9 @@ def _as_uint8(x: torch.Tensor, padding=(0, 0)):
     return buf.permute(0, 3, 1, 2), 128, (0, 0)
 
 
-def _qconv(xu, zp, w, stride, padding, dilation, groups, exponent) -> torch.Tensor:
-    """One oneDNN u8·s8 convolution, float32 channels_last out = ``acc · 2^exponent``."""
+def _qconv(xu, zp, w, stride, padding, dilation, groups, exponent, scale=None) -> torch.Tensor:
+    """One oneDNN u8·s8 convolution, float32 channels_last out = ``acc · 2^exponent`` (or
+    ``acc · scale`` for a 0-dim float32 ``scale`` tensor, read by oneDNN on the device)."""
     o = w.shape[0]
     if padding != (0, 0) and (
         zp != 0
@@ -186,8 +203,12 @@ def _qconv(xu, zp, w, stride, padding, dilation, groups, exponent) -> torch.Tens
         pad = (padding[1], padding[1], padding[0], padding[0])
         xu = F.pad(xu, pad, value=zp).contiguous(memory_format=CL)
         padding = (0, 0)
-    e_x = exponent // 2  # split the scale so each factor is a normal float32
-    w_scale = torch.full((o,), 2.0 ** (exponent - e_x), dtype=torch.float32)
+    if scale is None:
+        e_x = exponent // 2  # split the scale so each factor is a normal float32
+        w_scale = torch.full((o,), 2.0 ** (exponent - e_x), dtype=torch.float32)
+    else:
+        e_x = 0
+        w_scale = scale.to(torch.float32).reshape(1).expand(o).contiguous()
     w_zp = torch.zeros((o,), dtype=torch.int64)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     packed = torch.ops.onednn.qconv_prepack(
@@ -232,11 +253,19 @@ def _qconv_digits(xu, zp, w, stride, padding, dilation, groups, out_dtype) -> to
     return acc.view(n, ho, wo, o).permute(0, 3, 1, 2)
 
 
-def _onednn_conv(xu, zp, w, stride, padding, dilation, groups, *, terms, out_dtype, out_exponent):
+def _onednn_conv(
+    xu, zp, w, stride, padding, dilation, groups, *, terms, out_dtype, out_exponent, out_guard=None
+):
     """Exact result through oneDNN, or None when no bound proves it exact (caller uses GEMM)."""
     if terms * 255 * 128 > INT32_MAX:  # oneDNN's own int32 accumulator of u8 · s8
         return None
     bound = terms * (255 if zp == 0 else 128) * 128
+    if out_exponent is not None and (
+        isinstance(out_exponent, torch.Tensor) or out_guard is not None
+    ):
+        # a device-side exponent: oneDNN scales its exact int32 accumulator by a float32 tensor
+        scale = scale_tensor(out_exponent, out_guard, torch.float32, xu.device)
+        return _qconv(xu, zp, w, stride, padding, dilation, groups, 0, scale)
     if (
         out_exponent is not None
         and -126 <= out_exponent
@@ -249,7 +278,7 @@ def _onednn_conv(xu, zp, w, stride, padding, dilation, groups, *, terms, out_dty
         acc = _qconv_digits(xu, zp, w, stride, padding, dilation, groups, out_dtype)
     else:
         return None
-    return to_output(acc, out_exponent)
+    return to_output(acc, out_exponent, out_guard)
 
 
 # --------------------------------------------------- device-agnostic GEMM forms (also cuda.py)
@@ -280,7 +309,17 @@ def _rows_nhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def gemm_conv2d_forward(
-    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, mm: MatMul = _mm
+    x,
+    w,
+    stride,
+    padding,
+    dilation,
+    groups,
+    *,
+    out_dtype,
+    out_exponent,
+    out_guard=None,
+    mm: MatMul = _mm,
 ):
     """Forward as im2col GEMMs, one per group; channels_last result."""
     n, _, h, wd = x.shape
@@ -295,7 +334,7 @@ def gemm_conv2d_forward(
         cols = _im2col(xp[..., g * cg : (g + 1) * cg], kh, kw, stride, dilation, ho, wo)
         wg = wt[g * og : (g + 1) * og].reshape(og, kh * kw * cg).t()  # (K, O/g)
         out[..., g * og : (g + 1) * og] = mm(cols, wg, out_dtype).view(n, ho, wo, og)
-    return to_output(out, out_exponent).permute(0, 3, 1, 2)
+    return to_output(out, out_exponent, out_guard).permute(0, 3, 1, 2)
 
 
 def gemm_conv2d_input_grad(
@@ -309,6 +348,7 @@ def gemm_conv2d_input_grad(
     *,
     out_dtype,
     out_exponent,
+    out_guard=None,
     mm: MatMul = _mm,
 ):
     """Input gradient as ``E @ W`` (per group) then a per-tap strided scatter-add (col2im)."""
@@ -329,7 +369,7 @@ def gemm_conv2d_input_grad(
                 c = slice(j * dilation[1], j * dilation[1] + stride[1] * (wo - 1) + 1, stride[1])
                 dxp[:, r, c, g * cg : (g + 1) * cg] += cols[:, :, :, i, j]
     dx = dxp[:, padding[0] : padding[0] + h, padding[1] : padding[1] + wd]
-    return to_output(dx.contiguous(), out_exponent).permute(0, 3, 1, 2)
+    return to_output(dx.contiguous(), out_exponent, out_guard).permute(0, 3, 1, 2)
 
 
 def gemm_conv2d_weight_grad(
@@ -343,6 +383,7 @@ def gemm_conv2d_weight_grad(
     *,
     out_dtype,
     out_exponent,
+    out_guard=None,
     mm: MatMul = _mm,
 ):
     """Weight gradient as ``colsᵀ @ E`` per group, the columns read through a transposed view."""
@@ -356,13 +397,15 @@ def gemm_conv2d_weight_grad(
         cols = _im2col(xp[..., g * cg : (g + 1) * cg], kh, kw, stride, dilation, ho, wo)
         acc = mm(cols.t(), rows[:, g * og : (g + 1) * og], out_dtype)  # (kh·kw·C/g, O/g)
         res[g * og : (g + 1) * og] = acc.t().reshape(og, kh, kw, cg)
-    return to_output(res.permute(0, 3, 1, 2).contiguous(), out_exponent)
+    return to_output(res.permute(0, 3, 1, 2).contiguous(), out_exponent, out_guard)
 
 
 # ----------------------------------------------------------------------------- CPU-only forms
 
 
-def _implicit_weight_grad(x, e, weight_size, padding, dilation, *, out_dtype, out_exponent):
+def _implicit_weight_grad(
+    x, e, weight_size, padding, dilation, *, out_dtype, out_exponent, out_guard=None
+):
     """Stride-1 weight gradient without im2col: for tap (i, j), the padded input flattened to
     rows and shifted by ``i·d·Wp + j·d`` rows lines up with the error placed on the padded grid
     (zeros elsewhere), so each tap is one GEMM on views; the zero rows add nothing."""
@@ -405,7 +448,7 @@ def _phase_plan(k: int, s: int, d: int, p: int, size: int, n_out: int):
 
 
 def _phase_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """Input gradient through oneDNN: one stride-1 conv with ``s_h·s_w·C`` output channels whose
     kernel holds the flipped taps of every phase, then each phase copied to its strided rows."""
@@ -436,6 +479,7 @@ def _phase_input_grad(
         terms=og * kh * kw,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
     )
     if y is None:
         return None
@@ -465,24 +509,26 @@ def _phase_input_grad(
 # ------------------------------------------------------------------------------------ public
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent):
+def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
     """x @ wᵀ by ``_int_mm`` (wᵀ is a view)."""
-    return to_output(_mm(x, w.t(), out_dtype), out_exponent)
+    return to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent):
+def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
     """e @ w by ``_int_mm``."""
-    return to_output(_mm(e, w, out_dtype), out_exponent)
+    return to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent):
+def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
     """eᵀ @ x by ``_int_mm``; uint8 x goes first (``_int_mm`` takes uint8 only on the left)."""
     if x.dtype == torch.uint8:
-        return to_output(_mm(x.t(), e, out_dtype), out_exponent).t().contiguous()
-    return to_output(_mm(e.t(), x, out_dtype), out_exponent)
+        return to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
+    return to_output(_mm(e.t(), x, out_dtype), out_exponent, out_guard)
 
 
-def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent):
+def conv2d_forward(
+    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
+):
     """oneDNN u8·s8 convolution; im2col GEMM where no bound proves the oneDNN path exact."""
     # grouped convolutions with zero point 128 were wrong in oneDNN 3.12 even unpadded
     if _onednn_exact() and (x.dtype == torch.uint8 or groups == 1):
@@ -498,16 +544,25 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_ex
             terms=w.shape[1] * w.shape[2] * w.shape[3],
             out_dtype=out_dtype,
             out_exponent=out_exponent,
+            out_guard=out_guard,
         )
         if y is not None:
             return y
     return gemm_conv2d_forward(
-        x, w, stride, padding, dilation, groups, out_dtype=out_dtype, out_exponent=out_exponent
+        x,
+        w,
+        stride,
+        padding,
+        dilation,
+        groups,
+        out_dtype=out_dtype,
+        out_exponent=out_exponent,
+        out_guard=out_guard,
     )
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """Phase-decomposed oneDNN convolution; 1×1 strided (and fallback) by GEMM + scatter."""
     one_by_one = w.shape[2] == w.shape[3] == 1
@@ -523,6 +578,7 @@ def conv2d_input_grad(
             groups,
             out_dtype=out_dtype,
             out_exponent=out_exponent,
+            out_guard=out_guard,
         )
         if dx is not None:
             return dx
@@ -536,11 +592,12 @@ def conv2d_input_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
     )
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """``_int_mm`` on im2col columns; the im2col-free form where it measured faster."""
     n, c, h, wd = x.shape
@@ -548,7 +605,14 @@ def conv2d_weight_grad(
     grid = (h + 2 * padding[0]) * (wd + 2 * padding[1])
     if stride == (1, 1) and groups == 1 and c <= 64 and grid <= 1.2 * ho * wo:
         return _implicit_weight_grad(
-            x, e, weight_size, padding, dilation, out_dtype=out_dtype, out_exponent=out_exponent
+            x,
+            e,
+            weight_size,
+            padding,
+            dilation,
+            out_dtype=out_dtype,
+            out_exponent=out_exponent,
+            out_guard=out_guard,
         )
     return gemm_conv2d_weight_grad(
         x,
@@ -560,4 +624,5 @@ def conv2d_weight_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
     )

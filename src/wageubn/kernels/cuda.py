@@ -44,22 +44,24 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
     return acc.to(out_dtype)
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent):
+def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
     """x @ wᵀ."""
-    return cpu.to_output(_mm(x, w.t(), out_dtype), out_exponent)
+    return cpu.to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent):
+def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
     """e @ w."""
-    return cpu.to_output(_mm(e, w, out_dtype), out_exponent)
+    return cpu.to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent):
+def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
     """eᵀ @ x, computed as (xᵀ @ e)ᵀ so uint8 x takes the shifted left operand."""
-    return cpu.to_output(_mm(x.t(), e, out_dtype), out_exponent).t().contiguous()
+    return cpu.to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
 
 
-def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent):
+def conv2d_forward(
+    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
+):
     """im2col GEMM per group."""
     return cpu.gemm_conv2d_forward(
         x,
@@ -70,12 +72,13 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_ex
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
         mm=_mm,
     )
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """E @ W per group, then a per-tap scatter-add."""
     return cpu.gemm_conv2d_input_grad(
@@ -88,12 +91,13 @@ def conv2d_input_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
         mm=_mm,
     )
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """colsᵀ @ E per group."""
     return cpu.gemm_conv2d_weight_grad(
@@ -106,5 +110,6 @@ def conv2d_weight_grad(
         groups,
         out_dtype=out_dtype,
         out_exponent=out_exponent,
+        out_guard=out_guard,
         mm=_mm,
     )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from ..quant.device import ldexp
+
 INT32_MAX = 2**31 - 1
 FLOAT_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 DOUBLE_EXACT = 2**53  # every integer of magnitude <= 2^53 is a float64
@@ -40,20 +42,46 @@ def accumulator_dtype(terms: int, a_dtype: torch.dtype, b_dtype: torch.dtype) ->
     return torch.int32 if bound <= INT32_MAX else torch.int64
 
 
-def scale_exact(acc: torch.Tensor, out_exponent: int) -> torch.Tensor:
+Exponent = int | torch.Tensor
+
+
+def scale_tensor(
+    out_exponent: Exponent, guard: torch.Tensor | None, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``2^out_exponent`` as a 0-dim ``dtype`` tensor (an int, or a 0-dim integer tensor that stays
+    on the device), plus ``guard`` (0, or NaN to poison the product) when given."""
+    if isinstance(out_exponent, torch.Tensor):
+        one = torch.ones((), dtype=dtype, device=out_exponent.device)
+        s = ldexp(one, out_exponent)
+    else:
+        s = torch.tensor(2.0**out_exponent, dtype=dtype, device=device)
+    return s if guard is None else s + guard.to(dtype)
+
+
+def scale_exact(
+    acc: torch.Tensor, out_exponent: Exponent, guard: torch.Tensor | None = None
+) -> torch.Tensor:
     """float32 ``acc · 2^out_exponent``, rounded once (nearest-even) from the exact integer.
 
     ``acc`` is an int32/int64 tensor with ``|acc| < 2^53``: the int64 → float64 conversion and
     the power-of-two scaling are exact in float64, so the only rounding is the final cast.
     """
-    return (acc.to(torch.float64) * (2.0**out_exponent)).to(torch.float32)
+    if isinstance(out_exponent, int) and guard is None:
+        return (acc.to(torch.float64) * (2.0**out_exponent)).to(torch.float32)
+    scale = scale_tensor(out_exponent, guard, torch.float64, acc.device)
+    return (acc.to(torch.float64) * scale).to(torch.float32)
 
 
-def finish(acc: torch.Tensor, out_dtype: torch.dtype, out_exponent: int | None) -> torch.Tensor:
+def finish(
+    acc: torch.Tensor,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Exact int64 accumulator → the caller's output (integer of ``out_dtype`` or scaled float32)."""
     if out_exponent is None:
         return acc.to(out_dtype)
-    return scale_exact(acc, out_exponent)
+    return scale_exact(acc, out_exponent, guard)
 
 
 def conv_out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -70,25 +98,27 @@ def _tap(k_index: int, d: int, s: int, n_out: int) -> slice:
 # ---------------------------------------------------------------------------------------- linear
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent):
+def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
     """(M, K) x (N, K) → (M, N) = x @ wᵀ in int64."""
-    return finish(x.to(torch.int64) @ w.to(torch.int64).t(), out_dtype, out_exponent)
+    return finish(x.to(torch.int64) @ w.to(torch.int64).t(), out_dtype, out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent):
+def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
     """(M, N) e, (N, K) w → (M, K) = e @ w in int64."""
-    return finish(e.to(torch.int64) @ w.to(torch.int64), out_dtype, out_exponent)
+    return finish(e.to(torch.int64) @ w.to(torch.int64), out_dtype, out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent):
+def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
     """(M, N) e, (M, K) x → (N, K) = eᵀ @ x in int64."""
-    return finish(e.to(torch.int64).t() @ x.to(torch.int64), out_dtype, out_exponent)
+    return finish(e.to(torch.int64).t() @ x.to(torch.int64), out_dtype, out_exponent, out_guard)
 
 
 # ------------------------------------------------------------------------------------------ conv
 
 
-def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent):
+def conv2d_forward(
+    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
+):
     """(N, C, H, W) x, (O, C/g, kh, kw) w → (N, O, Ho, Wo), as ``F.conv2d``, int64 per tap."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -103,11 +133,11 @@ def conv2d_forward(x, w, stride, padding, dilation, groups, *, out_dtype, out_ex
             rows, cols = _tap(i, dilation[0], stride[0], ho), _tap(j, dilation[1], stride[1], wo)
             patch = xp[:, :, :, rows, cols]  # (N, g, C/g, Ho, Wo)
             acc += torch.einsum("ngchw,goc->ngohw", patch, wg[..., i, j])
-    return finish(acc.reshape(n, o, ho, wo), out_dtype, out_exponent)
+    return finish(acc.reshape(n, o, ho, wo), out_dtype, out_exponent, out_guard)
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """(N, O, Ho, Wo) e, (O, C/g, kh, kw) w → (N, C, H, W), as ``torch.nn.grad.conv2d_input``.
 
@@ -126,11 +156,11 @@ def conv2d_input_grad(
             rows, cols = _tap(i, dilation[0], stride[0], ho), _tap(j, dilation[1], stride[1], wo)
             dxp[:, :, :, rows, cols] += torch.einsum("ngohw,goc->ngchw", eg, wg[..., i, j])
     dx = dxp[..., padding[0] : padding[0] + h, padding[1] : padding[1] + wd]
-    return finish(dx.reshape(n, groups * cg, h, wd), out_dtype, out_exponent)
+    return finish(dx.reshape(n, groups * cg, h, wd), out_dtype, out_exponent, out_guard)
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent
+    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """(N, C, H, W) x, (N, O, Ho, Wo) e → (O, C/g, kh, kw), as ``torch.nn.grad.conv2d_weight``."""
     n, c, h, wd = x.shape
@@ -144,4 +174,4 @@ def conv2d_weight_grad(
         for j in range(kw):
             rows, cols = _tap(i, dilation[0], stride[0], ho), _tap(j, dilation[1], stride[1], wo)
             acc[..., i, j] = torch.einsum("ngohw,ngchw->goc", eg, xp[:, :, :, rows, cols])
-    return finish(acc.reshape(o, cg, kh, kw), out_dtype, out_exponent)
+    return finish(acc.reshape(o, cg, kh, kw), out_dtype, out_exponent, out_guard)

@@ -9,10 +9,18 @@ statistics::
     x_hat   = Q((x - mu_q) / sigma_q, k_xhat)    # 8 bits
     y       = x_hat * Q(gamma, k_gamma) + Q(beta, k_beta)   # y itself is not re-quantized
 
-Every quantizer passes the gradient straight through (μ and σ included) and the rest of the
-backward is ordinary float autograd. Running statistics stay float and are updated as
+Every quantizer passes the gradient straight through (μ and σ included); the backward is the
+derivative of the unrounded formula, written out in ``wageubn.nn.fused`` (sums in float64, the
+finite limit where a channel's variance is 0). Running statistics stay float and are updated as
 ``torch.nn.BatchNorm2d`` updates them (unbiased variance, the module's ``momentum``; cumulative
-average when ``momentum`` is None).
+average when ``momentum`` is None) — except that a batch whose statistics are not finite leaves
+them unchanged.
+
+The layer is one autograd node with two fused kernels each way (statistics, normalize; sums,
+gradient) and keeps for backward only its input (``paper``) or the integer x̂ codes (``int8``).
+When ``quantize_`` found that this BN's output goes only to a ``QuantReLU``, the BN computes that
+activation too (``fuse_relu``): BN + ReLU + A forward and E1 + mask + BN backward, still one node,
+and the ReLU passes the result through.
 
 With every BN role ``None`` the layer *is* ``torch.nn.BatchNorm2d`` (``F.batch_norm``, ε inside the
 square root), bit for bit.
@@ -20,15 +28,56 @@ square root), bit for bit.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from .layers import _check_config, retag, swap_module
+from .activation import ActivationSpec, attach_codes, mark_activated
+from .fused import (
+    ChannelLayout,
+    bn_backward,
+    bn_backward_sums,
+    bn_forward,
+    bn_params,
+    bn_relu_int8_forward,
+    bn_running_update,
+    bn_stats,
+)
+from .layers import QuantReLU, _check_config, retag, swap_module
 from .observe import tap
-from .quantizers import forward_q
 
 __all__ = ["QuantBatchNorm2d"]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Everything static about one BN call (a constant for ``torch.compile``)."""
+
+    eps: float
+    k_mean: int | None
+    k_std: int | None
+    k_xhat: int | None
+    k_gamma: int | None
+    k_beta: int | None
+    batch_stats: bool
+    relu: bool
+    act: ActivationSpec
+    xhat_dtype: torch.dtype | None  # int8 mode: the x̂ codes kept for backward
+
+    @property
+    def xhat_exp(self) -> int | None:
+        return None if self.xhat_dtype is None else 1 - self.k_xhat  # type: ignore[operator]
+
+
+def xhat_code_dtype(bits: int, per_channel: int) -> torch.dtype:
+    """The integer dtype that holds every x̂ code of a batch-normalized channel of ``per_channel``
+    elements: ``|x − mean| <= sqrt(M − 1)·std``, so ``|t| <= sqrt(M)`` plus the small rounding
+    of the quantized mean and σ (σ_q >= σ); int16 while ``2^(k−1)·(1.01·sqrt(M) + 4)`` fits."""
+    bound = 2.0 ** (bits - 1) * (1.01 * math.sqrt(per_channel) + 4)
+    return torch.int16 if bound < 2**15 - 1 else torch.int32
 
 
 class QuantBatchNorm2d(nn.BatchNorm2d):
@@ -54,55 +103,204 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
         super().__setstate__(state)
         retag(self)
 
+    # -- BN + ReLU fusion (set by quantize_) -------------------------------------------------
+    def fuse_relu(self, relu: QuantReLU | None) -> None:
+        """Compute ``relu``'s activation in this BN (``relu`` then passes it through); ``None``
+        undoes it. Only valid when this BN's output goes to ``relu`` and nowhere else."""
+        if relu is not None and not isinstance(relu, QuantReLU):
+            raise TypeError(f"fuse_relu: expected a QuantReLU, got {type(relu).__name__}")
+        # kept out of the module tree (not a submodule: no duplicate in state_dict/named_modules);
+        # deepcopy and pickle carry it with the model
+        self.__dict__["_fused_relu"] = relu
+
+    @property
+    def fused_relu(self) -> QuantReLU | None:
+        return self.__dict__.get("_fused_relu")
+
+    # -- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.config.bn_quantized:
+        cfg = self.config
+        if not cfg.bn_quantized:
             return super().forward(x)
         self._check_input_dim(x)
-        cfg = self.config
-        if cfg.arithmetic == "int8":
-            from .int8_elementwise import int8_batch_norm
-
-            return int8_batch_norm(self, x, tap(self))
-        use_batch_stats = self.training or self.running_mean is None
-        if use_batch_stats:
-            dims = (0, 2, 3)
-            mean = x.mean(dims)
-            var = x.var(dims, unbiased=False)
+        relu = self.fused_relu
+        if relu is not None and (
+            torch.compiler.is_compiling()
+            or (relu.config.activation is None and relu.config.error1 is None)
+            or _hooked(self)
+            or _hooked(relu)
+        ):
+            relu = None  # the ReLU runs itself (hooks see the unfused values)
+        layout = ChannelLayout(x)
+        x3 = layout.view3(x)
+        batch_stats = self.training or self.running_mean is None
+        int8 = cfg.arithmetic == "int8"
+        lo = hi = None
+        if batch_stats or (int8 and relu is not None):
+            mean, var, lo, hi = bn_stats(x3)
+        if batch_stats:
             if self.training and self.track_running_stats and self.running_mean is not None:
-                self._update_running_stats(mean.detach(), var.detach(), x.numel() // x.shape[1])
-        else:
-            mean, var = self.running_mean, self.running_var
-        obs = tap(self)
-        mean_q = forward_q(mean, cfg.bn_mean, obs, "bn_mean")
-        std_q = forward_q(torch.sqrt(var), cfg.bn_std, obs, "bn_std") + cfg.bn_eps
-        xhat = forward_q(
-            (x - mean_q[:, None, None]) / std_q[:, None, None], cfg.bn_xhat, obs, "bn_xhat"
+                self._update_running_stats(mean, var, x3.shape[0] * x3.shape[2])
+        else:  # copies: the buffers may change before this step's backward reads them
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+        act = ActivationSpec.of(relu.config if relu is not None else cfg)
+        codes = int8 and batch_stats and cfg.bn_xhat is not None
+        spec = _Spec(
+            eps=float(cfg.bn_eps),
+            k_mean=cfg.bn_mean,
+            k_std=cfg.bn_std,
+            k_xhat=cfg.bn_xhat,
+            k_gamma=cfg.bn_gamma,
+            k_beta=cfg.bn_beta,
+            batch_stats=batch_stats,
+            relu=relu is not None,
+            act=act,
+            xhat_dtype=xhat_code_dtype(cfg.bn_xhat, x3.shape[0] * x3.shape[2]) if codes else None,
         )
-        if self.weight is not None:
-            xhat = xhat * forward_q(self.weight, cfg.bn_gamma, obs, "bn_gamma")[:, None, None]
-        if self.bias is not None:
-            xhat = xhat + forward_q(self.bias, cfg.bn_beta, obs, "bn_beta")[:, None, None]
-        return xhat
+        obs = tap(self)
+        out = _BatchNorm.apply(
+            x, self.weight, self.bias, mean, var, lo, hi, spec, layout, obs, tap(relu)
+        )
+        if relu is not None:
+            mark_activated(out, relu)
+        return out
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
-        """``torch.nn.BatchNorm2d``'s update: unbiased variance, exponential or cumulative average."""
+        """``torch.nn.BatchNorm2d``'s update (unbiased variance, exponential or cumulative
+        average), skipped on the device when the batch statistics are not finite."""
+        tracked = self.num_batches_tracked
+        if tracked is None:
+            tracked = torch.zeros((), dtype=torch.long, device=mean.device)
+        rm, rv, nt = bn_running_update(
+            self.running_mean, self.running_var, tracked, mean, var, n, self.momentum
+        )
+        self.running_mean.copy_(rm)
+        self.running_var.copy_(rv)
         if self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
-        unbiased = var * (n / (n - 1)) if n > 1 else var
-        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+            self.num_batches_tracked.copy_(nt)
 
     def extra_repr(self) -> str:
         c = self.config
+        fused = ", fused ReLU" if self.fused_relu is not None else ""
         return (
             f"{super().extra_repr()}, mu={c.bn_mean}, sigma={c.bn_std}, xhat={c.bn_xhat}, "
-            f"gamma={c.bn_gamma}, beta={c.bn_beta}"
+            f"gamma={c.bn_gamma}, beta={c.bn_beta}{fused}"
         )
+
+
+class _BatchNorm(torch.autograd.Function):
+    """BN (and, with ``spec.relu``, ReLU + A) forward; the straight-through backward."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, mean, var, lo, hi, spec: _Spec, layout, obs, relu_obs):  # type: ignore[override]
+        x3 = layout.view3(x)
+        act = spec.act
+        params = bn_params(
+            mean,
+            var,
+            None if gamma is None else gamma.detach(),
+            None if beta is None else beta.detach(),
+            spec.eps,
+            spec.k_mean,
+            spec.k_std,
+            spec.k_gamma,
+            spec.k_beta,
+        )
+        mu_q, std, sigma_q, gamma_q, beta_q = params
+        xcodes = None
+        if spec.relu and act.int8 and act.activation is not None:
+            outs = bn_relu_int8_forward(
+                x3, mu_q, sigma_q, gamma_q, beta_q, lo, hi, spec.k_xhat, act.activation,
+                spec.xhat_dtype,
+            )  # fmt: skip
+            out = layout.back(outs[0])
+            attach_codes(out, layout.back(outs[1]), outs[2], outs[3], act.activation)
+            if spec.xhat_dtype is not None:
+                xcodes = outs[4]
+        else:
+            outs = bn_forward(
+                x3, mu_q, sigma_q, gamma_q, beta_q, spec.k_xhat, act.activation, spec.relu,
+                spec.xhat_dtype,
+            )  # fmt: skip
+            out = layout.back(outs[0])
+            if spec.xhat_dtype is not None:
+                xcodes = outs[1]
+        if obs is not None or relu_obs is not None:
+            _observe_forward(obs, relu_obs, x3, gamma, beta, mean, std, params, spec, out, layout)
+        ctx.save_for_backward(
+            x3 if xcodes is None else xcodes, mean, std, *params[0:1], *params[2:]
+        )
+        ctx.spec, ctx.layout, ctx.relu_obs = spec, layout, relu_obs
+        ctx.has = (gamma is not None, beta is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        src3, mean, std, mu_q, sigma_q, gamma_q, beta_q = ctx.saved_tensors
+        spec, act = ctx.spec, ctx.spec.act
+        g3 = ctx.layout.view3(grad)
+        e1 = act.error1 if spec.relu else None
+        s0, s1, s2, r, guard = bn_backward_sums(
+            g3, src3, mu_q, sigma_q, gamma_q, beta_q, spec.k_xhat, spec.xhat_exp, spec.relu, e1,
+            act.e1_limit,
+        )  # fmt: skip
+        if ctx.relu_obs is not None and e1 is not None:
+            from ..quant import device
+
+            ctx.relu_obs("E1", grad.detach(), device.q_shift(grad, e1, act.int8)[0], "SQ", e1,
+                         narrow_range=act.int8)  # fmt: skip
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx3 = bn_backward(
+                g3, src3, mean, std, mu_q, sigma_q, gamma_q, beta_q, s0, s2, r, guard,
+                spec.k_xhat, spec.xhat_exp, spec.relu, e1, act.e1_limit, spec.batch_stats,
+            )  # fmt: skip
+            dx = ctx.layout.back(dx3)
+        dgamma = s1.to(grad.dtype) if ctx.has[0] and ctx.needs_input_grad[1] else None
+        dbeta = s0.to(grad.dtype) if ctx.has[1] and ctx.needs_input_grad[2] else None
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None, None
+
+
+def _observe_forward(obs, relu_obs, x3, gamma, beta, mean, std, params, spec, out, layout):
+    """Report every BN quantizer's (before, after) — and A for a fused ReLU — to the observers.
+    Only while diagnostics record: the unrounded intermediates are recomputed here."""
+    mu_q, _, sigma_q, gamma_q, beta_q = params
+    t = (x3 - mu_q.view(1, -1, 1)) / sigma_q.view(1, -1, 1)
+    xhat = (
+        t
+        if spec.k_xhat is None
+        else torch.round(t * 2.0 ** (spec.k_xhat - 1)) * 2.0 ** (1 - spec.k_xhat)
+    )
+    if obs is not None:
+        for role, before, after in (
+            ("bn_mean", mean, mu_q),
+            ("bn_std", std, sigma_q - spec.eps),
+            ("bn_xhat", t, xhat),
+            ("bn_gamma", gamma, gamma_q),
+            ("bn_beta", beta, beta_q),
+        ):
+            bits = getattr(spec, {"bn_mean": "k_mean", "bn_std": "k_std", "bn_xhat": "k_xhat",
+                                  "bn_gamma": "k_gamma", "bn_beta": "k_beta"}[role])  # fmt: skip
+            if before is not None and bits is not None:
+                obs(role, before.detach(), after.detach(), "Q", bits)
+    if relu_obs is not None and spec.relu and spec.act.activation is not None:
+        y = xhat * gamma_q.view(1, -1, 1) + beta_q.view(1, -1, 1)
+        relu_obs(
+            "A", layout.back(torch.relu(y)), out.detach(), spec.act.a_kind, spec.act.activation
+        )
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether forward hooks would observe ``m``'s input or output (then it is not fused)."""
+    from torch.nn.modules import module as _module
+
+    return bool(
+        m._forward_hooks
+        or m._forward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+    )
 
 
 def _bn_args(mod: nn.BatchNorm2d) -> dict:

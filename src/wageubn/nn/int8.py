@@ -22,48 +22,62 @@ accumulator except where float32 cannot hold that accumulator (``|acc| >= 2^24``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import kernels
 from ..config import WAGEUBNConfig
-from ..quant import clipped_direct_quantize, mul_pow2, pow2_exponent
-from ..quant.functions import fit_exponent_of
-from ..quant.rounding import finite_minmax
+from ..quant import device, pow2_exponent
+from .activation import ActivationCodes, codes_of
 from .observe import tap
 
 __all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
 
-
-def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """A: int8 codes and exponent of ``fit_quantize(x, k)`` (codes within ±(2^(k−1) − 1)).
-
-    Kept as int8 even when non-negative: the weight gradient then stays in int32 for twice the
-    ``K`` of uint8 (``K·127·127`` instead of ``K·255·127`` below 2^31). One min/max pass gives the
-    exponent and whether the codes are non-negative (``_as_input``)."""
-    cached = getattr(x, "_wageubn_codes", None)  # set by an int8 QuantReLU on its output
-    if cached is not None and cached[2] == bits and cached[3] == x._version:
-        return cached[0], cached[1]
-    lo, hi = finite_minmax(x, "int8 activation")
-    e = fit_exponent_of(max(hi, -lo), bits)
-    codes = mul_pow2(x.detach(), -e).round_().to(torch.int8)
-    return codes, e
+_TOP = 127  # every int8 code here lies in ±(2^(k−1) − 1) <= 127, for k <= 8
 
 
-def _as_input(a: torch.Tensor, nonneg: bool | None = None) -> torch.Tensor:
-    """Non-negative int8 codes (0..127, a ReLU output) viewed as uint8 — the same bytes, and the
-    oneDNN forward's fastest input; signed codes stay int8."""
-    if nonneg is None:
-        nonneg = bool(a.min() >= 0)
-    return a.view(torch.uint8) if nonneg else a
+class Planes(NamedTuple):
+    """E2 as two int8 planes: ``FQ = coarse·2^e + fine·2^(e−k+1)`` (``e``: 0-dim int64)."""
+
+    coarse: torch.Tensor
+    fine: torch.Tensor
+    exponent: torch.Tensor
+    guard: torch.Tensor  # 0, or NaN when the gradient was not finite
+
+
+def operand_codes(x: torch.Tensor, bits: int) -> ActivationCodes:
+    """A: int8 codes of ``fit_quantize(x, k)`` with exponent and NaN guard — the codes an int8
+    activation attached to ``x`` when it made it, else derived here (one fused kernel)."""
+    cached = codes_of(x, bits)
+    if cached is not None:
+        return cached
+    codes, e, guard = device.q_fit(x.detach(), bits)
+    return ActivationCodes(codes, e, guard, bits, x._version, False)
+
+
+def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A: int8 codes and exponent (a 0-dim tensor) of ``fit_quantize(x, k)``."""
+    c = operand_codes(x, bits)
+    return c.codes, c.exponent
+
+
+def _as_input(a: ActivationCodes) -> torch.Tensor:
+    """Non-negative int8 codes (0..127, a ReLU's output) viewed as uint8 — the same bytes, and the
+    oneDNN forward's fastest input; codes of unknown sign stay int8 (known statically: no read)."""
+    return a.codes.view(torch.uint8) if a.nonneg else a.codes
 
 
 def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
     """W: int8 codes of ``QC(w, k)`` and the exponent ``1 − k``."""
-    q = clipped_direct_quantize(w.detach(), bits)
-    return mul_pow2(q, bits - 1).to(torch.int8), 1 - bits
+    q = device.q_clipped(w.detach(), bits)  # on the 2^(1−k) grid: the scaling is exact
+    return (q * 2.0 ** (bits - 1)).to(torch.int8), 1 - bits
+
+
+def planes_of(g: torch.Tensor, bits: int) -> Planes:
+    """E2 = FQ(g, k) as int8 planes (one fused kernel, no host read)."""
+    return Planes(*device.q_error2(g.detach(), bits))
 
 
 def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
@@ -71,47 +85,35 @@ def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
 
     ``e = r − (k − 1)`` (``s = 2^e``). A fine code that rounds up to ``2^(k−1)`` (the value ``s``) is
     stored as coarse code 1, so both planes fit ``±(2^(k−1) − 1)``. ``None`` for an all-zero ``g``.
+    The standalone form (a host read for ``e``); the layers use ``planes_of``.
     """
     r = pow2_exponent(g, "error2 input")
     if r is None:
         return None
-    levels = float(2 ** (bits - 1))
-    # f = round(g/s · 2^(k−1)) and c = round(g/s): round-half-even is odd-symmetric, so signed
-    # rounding equals FQ's sign · round(|y|). |f| < 2^(k−1) ⟺ fine regime (|y| < 1, not rounding up
-    # to s); else coarse, where c = ±1 also covers the fine codes that round up to ±2^(k−1).
-    f = mul_pow2(g.detach(), 2 * (bits - 1) - r).round_()
-    c = mul_pow2(g.detach(), bits - 1 - r).round_().clamp_(-(levels - 1), levels - 1)
-    coarse_regime = f.abs() >= levels
-    fine_codes = f.masked_fill_(coarse_regime, 0.0).to(torch.int8)
-    coarse_codes = c.masked_fill_(~coarse_regime, 0.0).to(torch.int8)
-    return coarse_codes, fine_codes, r - (bits - 1)
+    p = planes_of(g, bits)
+    return p.coarse, p.fine, r - (bits - 1)
 
 
-def _max_abs_code(t: torch.Tensor) -> int:
-    lo, hi = torch.aminmax(t)
-    return max(int(hi), -int(lo))
-
-
-def _two_plane_product(product, planes, other_max: int, k: int, bits: int, e_other: int):
+def _two_plane_product(product, planes: Planes, k: int, bits: int, e_other: int):
     """``(2^(k−1)·P(coarse) + P(fine))·2^e`` rounded once to float32, for an integer product ``P``.
 
-    When both accumulators are bounded below 2^24 (``K · max|plane| · max|other|``), each converts
-    to float32 exactly inside the kernel (``out_exponent``) and one float32 addition is the single
-    rounding of the exact sum; otherwise the exact integer accumulators are combined in float64.
+    When both accumulators are bounded below 2^24 (``K · 127 · 127``, from the shapes), each
+    converts to float32 exactly inside the kernel (``out_exponent``) and one float32 addition is
+    the single rounding of the exact sum; otherwise the exact integer accumulators are combined in
+    float64. (Exact while the result is a normal float32.)
     """
-    coarse, fine, e = planes
-    e_fine = e - bits + 1 + e_other
-    bound = k * other_max * max(_max_abs_code(coarse), _max_abs_code(fine))
-    # n·2^e with |n| < 2^24 is a float32 exactly when e >= −149 (the subnormal spacing)
-    if bound < 2**24 and e_fine >= -149:
-        return product(coarse, e_fine + bits - 1) + product(fine, e_fine)
-    return _combine(product(coarse, None), product(fine, None), bits, e_fine)
+    e_fine = planes.exponent - (bits - 1) + e_other
+    if k * _TOP * _TOP < 2**24:
+        coarse = product(planes.coarse, e_fine + (bits - 1), planes.guard)
+        return coarse.add_(product(planes.fine, e_fine, planes.guard))
+    return _combine(product(planes.coarse, None, None), product(planes.fine, None, None), bits,
+                    e_fine, planes.guard)  # fmt: skip
 
 
-def _combine(coarse_acc: torch.Tensor, fine_acc: torch.Tensor, bits: int, e: int) -> torch.Tensor:
+def _combine(coarse_acc, fine_acc, bits: int, e: torch.Tensor, guard: torch.Tensor):
     """``(2^(k−1)·coarse + fine) · 2^e`` rounded once to float32 (float64 holds every sum exactly)."""
     acc = coarse_acc.double().mul_(float(2 ** (bits - 1))).add_(fine_acc.double())
-    return mul_pow2(acc, e).float()
+    return (device.ldexp(acc, e) + guard.double()).float()
 
 
 # -- the two product engines: integer kernels, or the float simulation of the same semantics -----
@@ -121,28 +123,30 @@ class _FloatProducts:
     """Float32 products of decoded codes: the float simulation of the ``int8`` mode."""
 
     @staticmethod
-    def decode(codes: torch.Tensor, e: int) -> torch.Tensor:
-        return mul_pow2(codes.float(), e)
+    def decode(codes: torch.Tensor, e, guard=None) -> torch.Tensor:
+        v = device.decode(codes, torch.as_tensor(e, device=codes.device), torch.float32)
+        return v if guard is None else v + guard
 
-    def conv_forward(self, a, ea, w, ew, geom):
-        return F.conv2d(self.decode(a, ea), self.decode(w, ew), None, *geom)
+    def conv_forward(self, a: ActivationCodes, w, ew, geom):
+        x = self.decode(a.codes, a.exponent, a.guard)
+        return F.conv2d(x, self.decode(w, ew), None, *geom)
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
         err = decode_error2(planes, bits)
         return torch.nn.grad.conv2d_input(shape, self.decode(w, ew), err, *geom)
 
-    def conv_weight(self, a, ea, planes, wshape, geom, bits):
+    def conv_weight(self, a: ActivationCodes, planes, wshape, geom, bits):
         err = decode_error2(planes, bits)
-        return torch.nn.grad.conv2d_weight(self.decode(a, ea), wshape, err, *geom)
+        return torch.nn.grad.conv2d_weight(self.decode(a.codes, a.exponent), wshape, err, *geom)
 
-    def linear_forward(self, a, ea, w, ew):
-        return F.linear(self.decode(a, ea), self.decode(w, ew))
+    def linear_forward(self, a: ActivationCodes, w, ew):
+        return F.linear(self.decode(a.codes, a.exponent, a.guard), self.decode(w, ew))
 
     def linear_input(self, planes, w, ew, bits):
         return decode_error2(planes, bits) @ self.decode(w, ew)
 
-    def linear_weight(self, a, ea, planes, bits):
-        return decode_error2(planes, bits).t() @ self.decode(a, ea)
+    def linear_weight(self, a: ActivationCodes, planes, bits):
+        return decode_error2(planes, bits).t() @ self.decode(a.codes, a.exponent)
 
 
 class _IntegerProducts:
@@ -151,51 +155,55 @@ class _IntegerProducts:
     def __init__(self, backend: str) -> None:
         self.backend = backend
 
-    def conv_forward(self, a, ea, w, ew, geom):
+    def conv_forward(self, a: ActivationCodes, w, ew, geom):
         return kernels.conv2d_forward(
-            _as_input(a), w, *geom, backend=self.backend, out_exponent=ea + ew
-        )
+            _as_input(a), w, *geom, backend=self.backend, out_exponent=a.exponent + ew,
+            out_guard=a.guard,
+        )  # fmt: skip
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
-        def product(plane, out_exponent):
+        def product(plane, out_exponent, guard):
             return kernels.conv2d_input_grad(
-                plane, w, shape, *geom, backend=self.backend, out_exponent=out_exponent
-            )
+                plane, w, shape, *geom, backend=self.backend, out_exponent=out_exponent,
+                out_guard=guard,
+            )  # fmt: skip
 
         k = (w.shape[0] // geom[3]) * w.shape[2] * w.shape[3]
-        return _two_plane_product(product, planes, _max_abs_code(w), k, bits, ew)
+        return _two_plane_product(product, planes, k, bits, ew)
 
-    def conv_weight(self, a, ea, planes, wshape, geom, bits):
+    def conv_weight(self, a: ActivationCodes, planes, wshape, geom, bits):
         # one GEMM over both planes side by side (2·O outputs) shares the im2col of A
-        coarse, fine, e = planes
+        x = _as_input(a)
         if geom[3] == 1:
-            both = torch.cat([coarse, fine], dim=1)
+            both = torch.cat([planes.coarse, planes.fine], dim=1)
             acc = kernels.conv2d_weight_grad(
-                a, both, (2 * wshape[0], *wshape[1:]), *geom, backend=self.backend
+                x, both, (2 * wshape[0], *wshape[1:]), *geom, backend=self.backend
             )
             accs = acc[: wshape[0]], acc[wshape[0] :]
         else:  # groups split the output channels: the planes cannot sit side by side
             accs = [
-                kernels.conv2d_weight_grad(a, p, wshape, *geom, backend=self.backend)
-                for p in (coarse, fine)
+                kernels.conv2d_weight_grad(x, p, wshape, *geom, backend=self.backend)
+                for p in (planes.coarse, planes.fine)
             ]
-        return _combine(*accs, bits, e - bits + 1 + ea)
+        return _combine(*accs, bits, planes.exponent - bits + 1 + a.exponent, planes.guard)
 
-    def linear_forward(self, a, ea, w, ew):
-        return kernels.linear_forward(_as_input(a), w, backend=self.backend, out_exponent=ea + ew)
+    def linear_forward(self, a: ActivationCodes, w, ew):
+        return kernels.linear_forward(
+            _as_input(a), w, backend=self.backend, out_exponent=a.exponent + ew, out_guard=a.guard
+        )
 
     def linear_input(self, planes, w, ew, bits):
-        def product(plane, out_exponent):
+        def product(plane, out_exponent, guard):
             return kernels.linear_input_grad(
-                plane, w, backend=self.backend, out_exponent=out_exponent
+                plane, w, backend=self.backend, out_exponent=out_exponent, out_guard=guard
             )
 
-        return _two_plane_product(product, planes, _max_abs_code(w), w.shape[0], bits, ew)
+        return _two_plane_product(product, planes, w.shape[0], bits, ew)
 
-    def linear_weight(self, a, ea, planes, bits):
-        coarse, fine, e = planes
-        accs = [kernels.linear_weight_grad(p, a, backend=self.backend) for p in (coarse, fine)]
-        return _combine(*accs, bits, e - bits + 1 + ea)
+    def linear_weight(self, a: ActivationCodes, planes, bits):
+        x = _as_input(a)
+        accs = [kernels.linear_weight_grad(p, x, backend=self.backend) for p in planes[:2]]
+        return _combine(*accs, bits, planes.exponent - bits + 1 + a.exponent, planes.guard)
 
 
 def products(config: WAGEUBNConfig) -> _FloatProducts | _IntegerProducts:
@@ -211,90 +219,89 @@ def products(config: WAGEUBNConfig) -> _FloatProducts | _IntegerProducts:
 class _Int8Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geom, config, engine, obs):  # type: ignore[override]
-        a, ea = activation_codes(x, config.activation)  # (N, C, H, W) uint8/int8
+        a = operand_codes(x, config.activation)  # (N, C, H, W) int8 (uint8 view if non-negative)
         w, ew = weight_codes(weight, config.weight)  # (O, C/g, kh, kw) int8
-        _observe_operands(obs, x, a, ea, weight, w, ew, config)
-        z = engine.conv_forward(a, ea, w, ew, geom)  # (N, O, Ho, Wo) float32
+        _observe_operands(obs, x, a, weight, w, ew, config)
+        z = engine.conv_forward(a, w, ew, geom)  # (N, O, Ho, Wo) float32
         if bias is not None:
             z = z + bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(a, w)
-        ctx.meta = (ea, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
+        ctx.save_for_backward(a.codes, w)
+        ctx.ea = a.exponent  # 0-dim, on the device
+        ctx.meta = (a.nonneg, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
         ctx.has_bias = bias is not None
-        return z
+        return z.detach() if z._is_view() else z  # not a view: callers may add to it in place
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, w = ctx.saved_tensors
-        ea, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
+        codes, w = ctx.saved_tensors
+        ea = ctx.ea
+        nonneg, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
         bits = config.error2
-        planes = error2_planes(grad, bits)
+        planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
         dx = dw = db = None
-        if planes is None:
-            dx, dw = grad.new_zeros(x_shape), grad.new_zeros(w_shape)
-        else:
-            if ctx.needs_input_grad[0]:
-                dx = engine.conv_input(planes, w, ew, x_shape, geom, bits)
-            if ctx.needs_input_grad[1]:
-                dw = engine.conv_weight(a, ea, planes, w_shape, geom, bits)
+        if ctx.needs_input_grad[0]:
+            dx = engine.conv_input(planes, w, ew, x_shape, geom, bits)
+        if ctx.needs_input_grad[1]:
+            dw = engine.conv_weight(a, planes, w_shape, geom, bits)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = _decoded_error(planes, bits, grad).sum((0, 2, 3))
+            db = decode_error2(planes, bits).sum((0, 2, 3))
         return dx, dw, db, None, None, None, None
 
 
 class _Int8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, config, engine, obs):  # type: ignore[override]
-        a, ea = activation_codes(x, config.activation)  # (M, K) uint8/int8
+        a = operand_codes(x, config.activation)  # (M, K) int8 (uint8 view if non-negative)
         w, ew = weight_codes(weight, config.weight)  # (N, K) int8
-        _observe_operands(obs, x, a, ea, weight, w, ew, config)
-        z = engine.linear_forward(a, ea, w, ew)  # (M, N) float32
+        _observe_operands(obs, x, a, weight, w, ew, config)
+        z = engine.linear_forward(a, w, ew)  # (M, N) float32
         if bias is not None:
             z = z + bias
-        ctx.save_for_backward(a, w)
-        ctx.meta = (ea, ew, config, engine, obs)
+        ctx.save_for_backward(a.codes, w)
+        ctx.ea = a.exponent  # 0-dim, on the device
+        ctx.meta = (a.nonneg, ew, config, engine, obs)
         ctx.has_bias = bias is not None
-        return z
+        return z.detach() if z._is_view() else z
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        a, w = ctx.saved_tensors
-        ea, ew, config, engine, obs = ctx.meta
+        codes, w = ctx.saved_tensors
+        ea = ctx.ea
+        nonneg, ew, config, engine, obs = ctx.meta
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
         bits = config.error2
-        planes = error2_planes(grad, bits)
+        planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
         dx = dw = db = None
-        if planes is None:
-            dx, dw = grad.new_zeros(a.shape), grad.new_zeros(w.shape)
-        else:
-            if ctx.needs_input_grad[0]:
-                dx = engine.linear_input(planes, w, ew, bits)
-            if ctx.needs_input_grad[1]:
-                dw = engine.linear_weight(a, ea, planes, bits)
+        if ctx.needs_input_grad[0]:
+            dx = engine.linear_input(planes, w, ew, bits)
+        if ctx.needs_input_grad[1]:
+            dw = engine.linear_weight(a, planes, bits)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = _decoded_error(planes, bits, grad).sum(0)
+            db = decode_error2(planes, bits).sum(0)
         return dx, dw, db, None, None, None
 
 
-def _observe_operands(obs, x, a, ea, weight, w, ew, config) -> None:
+def _observe_operands(obs, x, a: ActivationCodes, weight, w, ew, config) -> None:
     if obs is not None:
-        obs("A", x.detach(), mul_pow2(a.float(), ea), "fit", config.activation)
-        obs("W", weight.detach(), mul_pow2(w.float(), ew), "QC", config.weight)
+        obs("A", x.detach(), device.decode(a.codes, a.exponent, torch.float32), "fit",
+            config.activation)  # fmt: skip
+        obs("W", weight.detach(), w.float() * 2.0**ew, "QC", config.weight)
 
 
-def _observe_error(obs, grad, planes, bits) -> None:
+def _observe_error(obs, grad, planes: Planes, bits) -> None:
     if obs is not None:
-        obs("E2", grad.detach(), _decoded_error(planes, bits, grad), "FQ", bits)
+        obs("E2", grad.detach(), decode_error2(planes, bits), "FQ", bits)
 
 
-def decode_error2(planes: tuple[torch.Tensor, torch.Tensor, int], bits: int) -> torch.Tensor:
-    """The float32 value of E2 planes: ``coarse·2^e + fine·2^(e−k+1)``."""
-    coarse, fine, e = planes
-    return mul_pow2(coarse.float(), e) + mul_pow2(fine.float(), e - bits + 1)
-
-
-def _decoded_error(planes, bits: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(like) if planes is None else decode_error2(planes, bits)
+def decode_error2(planes, bits: int) -> torch.Tensor:
+    """The float32 value of E2 planes: ``coarse·2^e + fine·2^(e−k+1)`` (+ the NaN guard)."""
+    coarse, fine, e = planes[:3]
+    e = torch.as_tensor(e, device=coarse.device)
+    value = device.ldexp(coarse.float(), e) + device.ldexp(fine.float(), e - bits + 1)
+    return value + planes[3] if len(planes) > 3 else value
 
 
 def int8_conv2d(module: Any, x: torch.Tensor) -> torch.Tensor:

@@ -20,8 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..quant import device
+from .activation import ActivationSpec, Layout, activated_by, attach_codes
+from .fused import relu_backward, relu_forward
 from .observe import tap
-from .quantizers import activation_q, error1, error2, tag_parameter, weight_q
+from .quantizers import error2, tag_parameter, weight_q
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
 
@@ -167,7 +170,11 @@ class QuantReLU(nn.Module):
     """The quantized activation point: ``a = Q(relu(x), k_A)``; backward ``E1 = SQ(dL/da, k_E1)``.
 
     E1 sits on ``a`` itself, so it sees ``dL/da`` summed over every consumer of ``a`` (a projection
-    shortcut and the next conv, say). Never in place: ``inplace`` is kept only for ``to_float``.
+    shortcut and the next conv, say). One fused kernel each way; what is kept for backward is the
+    mask ``x > 0``, packed 8 to a byte. Never in place: ``inplace`` is kept only for ``to_float``.
+
+    When ``quantize_`` fused this ReLU into the ``QuantBatchNorm2d`` before it (``fused_relu``),
+    that BN already returns ``a`` and this module passes it through.
     """
 
     def __init__(self, inplace: bool = False, *, config: WAGEUBNConfig | None = None) -> None:
@@ -183,15 +190,44 @@ class QuantReLU(nn.Module):
         return nn.ReLU(inplace=self.inplace)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.activation is None and self.config.error1 is None:
+        if activated_by(x) is self:
+            return x  # the fused BN before this ReLU applied it already
+        cfg = self.config
+        if cfg.activation is None and cfg.error1 is None:
             return F.relu(x)
-        obs = tap(self)
-        if self.config.arithmetic == "int8":
-            from .int8_elementwise import int8_relu
-
-            return int8_relu(self, x, obs)
-        a = activation_q(F.relu(x), self.config, obs)
-        return error1(a, self.config, obs)
+        return _ReLU.apply(x, ActivationSpec.of(cfg), tap(self))
 
     def extra_repr(self) -> str:
         return f"A={self.config.activation}, E1={self.config.error1}"
+
+
+class _ReLU(torch.autograd.Function):
+    """ReLU + A forward, E1 + mask backward, each one fused kernel (see ``QuantReLU``)."""
+
+    @staticmethod
+    def forward(ctx, x, spec: ActivationSpec, obs):  # type: ignore[override]
+        layout = Layout.of(x)
+        xf = layout.flat(x)
+        n = xf.numel()
+        pad = (-n) % 8  # the mask packs 8 elements a byte
+        outs = relu_forward(F.pad(xf, (0, pad)) if pad else xf, spec.activation, spec.int8)
+        a = layout.unflat(outs[0][:n] if pad else outs[0])
+        if spec.int8 and spec.activation is not None:
+            codes = layout.unflat(outs[2][:n] if pad else outs[2])
+            attach_codes(a, codes, outs[3], outs[4], spec.activation)
+        if obs is not None and spec.activation is not None:
+            obs("A", torch.relu(x.detach()), a.detach(), spec.a_kind, spec.activation)
+        ctx.save_for_backward(outs[1])
+        ctx.n, ctx.layout, ctx.spec, ctx.obs = n, layout, spec, obs
+        return a
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        (packed,) = ctx.saved_tensors
+        spec, layout = ctx.spec, ctx.layout
+        gf = layout.flat(layout.match(g))
+        dx, _ = relu_backward(gf, packed, spec.error1, spec.e1_limit)
+        if ctx.obs is not None and spec.error1 is not None:
+            e1 = device.q_shift(g, spec.error1, spec.int8)[0]
+            ctx.obs("E1", g.detach(), e1, "SQ", spec.error1, narrow_range=spec.int8)
+        return layout.unflat(dx), None, None

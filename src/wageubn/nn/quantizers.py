@@ -7,25 +7,17 @@ Each function applies one role's quantizer in the direction the contract puts it
 * backward only: ``error1`` (SQ) on the gradient arriving at a quantized activation, ``error2`` (FQ)
   on the gradient of a quantized conv/linear output.
 
-``observer`` (from ``wageubn.nn.observe.tap``) is ``None`` unless diagnostics are recording.
+They run the sync-free kernels of ``wageubn.quant.device``: no value is read back to the host,
+and NaN/Inf propagate (``QSGD`` checks once per step). ``observer`` (from
+``wageubn.nn.observe.tap``) is ``None`` unless diagnostics are recording.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ..config import WAGEUBNConfig
-from ..quant import (
-    clipped_direct_quantize,
-    direct_quantize,
-    fit_quantize,
-    flag_quantize,
-    quantize_backward,
-    quantize_forward,
-    shift_quantize,
-)
+from ..quant import device, quantize_backward, quantize_forward
 from .observe import Observer, observed
 
 __all__ = [
@@ -52,14 +44,48 @@ def tag_parameter(p: torch.nn.Parameter | None, role: str | None) -> None:
         setattr(p, ROLE_TAG, role)
 
 
+class _Q:
+    """``Q(x, k)`` as a callable (a class, not a closure: ``torch.compile`` traces it as a constant)."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return device.q_direct(x, self.bits)
+
+
+class _QC(_Q):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return device.q_clipped(x, self.bits)
+
+
+class _Fit(_Q):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        codes, e, guard = device.q_fit(x, self.bits)
+        return device.decode(codes, e, x.dtype) + guard.to(x.dtype)
+
+
+class _SQ(_Q):
+    def __init__(self, bits: int, narrow_range: bool) -> None:
+        super().__init__(bits)
+        self.narrow_range = narrow_range
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return device.q_shift(x, self.bits, self.narrow_range)[0]
+
+
+class _FQ(_Q):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return device.q_flag(x, self.bits)[0]
+
+
 def forward_q(
     x: torch.Tensor, bits: int | None, observer: Observer | None = None, role: str = ""
 ) -> torch.Tensor:
     """``Q(x, bits)`` forward, straight-through backward; identity for ``bits=None``."""
     if bits is None:
         return x
-    fn = observed(functools.partial(direct_quantize, bits=bits), observer, role, "Q", bits)
-    return quantize_forward(x, fn)
+    return quantize_forward(x, observed(_Q(bits), observer, role, "Q", bits))
 
 
 def activation_q(
@@ -71,7 +97,7 @@ def activation_q(
     if bits is None:
         return x
     int8 = config.arithmetic == "int8"
-    fn = functools.partial(fit_quantize if int8 else direct_quantize, bits=bits)
+    fn = _Fit(bits) if int8 else _Q(bits)
     return quantize_forward(x, observed(fn, observer, "A", "fit" if int8 else "Q", bits))
 
 
@@ -82,8 +108,7 @@ def weight_q(
     bits = config.weight
     if bits is None:
         return w
-    fn = functools.partial(clipped_direct_quantize, bits=bits)
-    return quantize_forward(w, observed(fn, observer, "W", "QC", bits))
+    return quantize_forward(w, observed(_QC(bits), observer, "W", "QC", bits))
 
 
 def error1(
@@ -97,8 +122,8 @@ def error1(
     if bits is None:
         return a
     narrow = config.arithmetic == "int8"
-    fn = functools.partial(shift_quantize, bits=bits, narrow_range=narrow)
-    return quantize_backward(a, observed(fn, observer, "E1", "SQ", bits, narrow_range=narrow))
+    fn = observed(_SQ(bits, narrow), observer, "E1", "SQ", bits, narrow_range=narrow)
+    return quantize_backward(a, fn)
 
 
 def error2(
@@ -108,5 +133,4 @@ def error2(
     bits = config.error2
     if bits is None:
         return z
-    fn = functools.partial(flag_quantize, bits=bits)
-    return quantize_backward(z, observed(fn, observer, "E2", "FQ", bits))
+    return quantize_backward(z, observed(_FQ(bits), observer, "E2", "FQ", bits))

@@ -23,6 +23,8 @@ With the ``fp32`` preset the arithmetic is that of ``torch.optim.SGD(momentum, w
 from __future__ import annotations
 
 import numbers
+import warnings
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,23 +33,34 @@ import torch
 from ..config import WAGEUBNConfig
 from ..nn.observe import tap
 from ..nn.quantizers import ROLE_TAG
-from ..quant import (
-    check_grad_range,
-    clipped_direct_quantize,
-    constant_quantize,
-    direct_quantize,
-)
+from ..quant import check_grad_range, device
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
 
 ROLES = ("weight", "bn", "float")
 
 
+def _qc_lr(lr: float, bits: int) -> float:
+    """``QC(lr, k)`` in Python floats (exact: ``lr·2^(k−1)`` is exact in a double, ``round`` is
+    half-to-even, and the limit ``1 − 2^(1−k)`` is a double for k <= 53)."""
+    limit = 1.0 - 2.0 ** (1 - bits)
+    q = round(float(lr) * 2.0 ** (bits - 1)) * 2.0 ** (1 - bits)
+    return max(-limit, min(limit, q))
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
 def quantized_lr(lr: float, config: WAGEUBNConfig) -> float:
-    """``QC(lr, k_LR)`` as a Python float; raises ``ValueError`` when it rounds to zero."""
+    """``QC(lr, k_LR)`` as a Python float; raises ``ValueError`` when a non-zero ``lr`` rounds to 0.
+
+    This is the check for a configured (base) learning rate; a *scheduled* lr that decays to a
+    value quantizing to 0 is not an error in ``QSGD.step`` (it warns once and applies no update).
+    """
     if config.lr is None:
         return float(lr)
-    q = float(clipped_direct_quantize(torch.tensor([float(lr)], dtype=torch.float64), config.lr))
+    q = _qc_lr(lr, config.lr)
     if q == 0.0 and lr != 0:
         step = 2.0 ** (1 - config.lr)
         raise ValueError(
@@ -94,14 +107,14 @@ class QSGD(torch.optim.Optimizer):
                 raise TypeError(f"QSGD: {name} must be a number, got {value!r}")
             if not value >= 0:
                 raise ValueError(f"QSGD: {name} must be >= 0, got {value!r}")
+        if momentum > 1:
+            raise ValueError(
+                f"QSGD: momentum must be in [0, 1], got {momentum!r}; the paper uses 0.25"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError("QSGD: generator must be a torch.Generator")
         dr = check_grad_range(config.grad_range if grad_range is None else grad_range)
         self.config = config
-        if generator is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-            generator = torch.Generator().manual_seed(seed)
-        self.generator = generator
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -114,6 +127,13 @@ class QSGD(torch.optim.Optimizer):
             role = group.get("role")
             if role is not None and role not in ROLES:
                 raise ValueError(f"QSGD: param group role must be one of {ROLES}, got {role!r}")
+        if generator is None:
+            first = next((p for g in self.param_groups for p in g["params"]), None)
+            where = first.device if first is not None else torch.device("cpu")
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+            generator = torch.Generator(device=where).manual_seed(seed)
+        self.generator = generator
+        self._warned_zero_lr = False
         quantized_lr(lr, config)  # fail at construction, not at the first step
 
     @staticmethod
@@ -122,17 +142,22 @@ class QSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One update of every parameter with a gradient (the module docstring's order).
+
+        First one check that every gradient is finite — the step's only read of a device value —
+        so a step that raises has changed nothing."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         cfg = self.config
         self._check_roles()
-        for gi, group in enumerate(self.param_groups):
-            lr_q = quantized_lr(group["lr"], cfg)
+        self._check_finite()
+        for group in self.param_groups:
+            lr_q = self._step_lr(group["lr"])
             dr = check_grad_range(group["grad_range"])
             m, wd = group["momentum"], group["weight_decay"]
-            for pi, p in enumerate(group["params"]):
+            for p in group["params"]:
                 if p.grad is None:
                     continue
                 role = self.role_of(p, group)
@@ -140,17 +165,11 @@ class QSGD(torch.optim.Optimizer):
                 g = p.grad
                 if wd != 0 and (role != "bn" or group["bn_weight_decay"]):
                     g = g.add(p, alpha=wd)
-                try:
-                    g_q = self._quantize_grad(g, role, dr)
-                    if obs is not None and g_q is not g:
-                        kind, bits = ("CQ", cfg.grad) if role == "weight" else ("Q", cfg.bn_grad)
-                        obs("G", g, g_q, kind, bits, dr=dr)
-                    g = g_q
-                except ValueError as exc:
-                    raise ValueError(
-                        f"QSGD: gradient of parameter {pi} of group {gi} (shape "
-                        f"{tuple(p.shape)}, role {role!r}) could not be quantized: {exc}"
-                    ) from None
+                g_q = self._quantize_grad(g, role, dr)
+                if obs is not None and g_q is not g:
+                    kind, bits = ("CQ", cfg.grad) if role == "weight" else ("Q", cfg.bn_grad)
+                    obs("G", g, g_q, kind, bits, dr=dr)
+                g = g_q
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if m != 0:
@@ -164,15 +183,65 @@ class QSGD(torch.optim.Optimizer):
                 p.add_(g, alpha=-lr_q)
                 if role != "float":
                     if buf is not None and cfg.momentum is not None:
-                        acc_q = direct_quantize(buf, cfg.momentum)
+                        acc_q = device.q_direct(buf, cfg.momentum)
                         if obs is not None:
                             obs("momentum", buf, acc_q, "Q", cfg.momentum)
                         buf.copy_(acc_q)
                     if cfg.update is not None:
-                        p.copy_(direct_quantize(p, cfg.update))
+                        p.copy_(device.q_direct(p, cfg.update))
                 if obs is not None:
                     obs("U", old, p.detach(), "Q", cfg.update or 32)
         return loss
+
+    def _step_lr(self, lr: float) -> float:
+        """``QC(lr)`` for this step; a scheduled lr that quantizes to 0 warns once, updates nothing."""
+        if self.config.lr is None:
+            return float(lr)
+        lr_q = _qc_lr(lr, self.config.lr)
+        if lr_q == 0.0 and lr != 0 and not self._warned_zero_lr:
+            self._warned_zero_lr = True
+            warnings.warn(
+                f"QSGD: the scheduled lr {lr!r} quantizes to 0 with {self.config.lr} lr bits: "
+                "steps apply no update until it grows again (the released recipe decays the "
+                "gradient range dr instead of the lr)",
+                RuntimeWarning,
+                stacklevel=4,  # the caller of step(), past torch.no_grad's wrapper
+            )
+        return lr_q
+
+    def _check_finite(self) -> None:
+        """Raise ``ValueError`` naming the parameters whose gradient holds NaN/Inf.
+
+        One reduction per gradient (``max |g|``, which NaN and Inf reach) and one host read per
+        device for the whole step."""
+        by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.numel():
+                    by_device[p.grad.device].append(p.grad)
+        for grads in by_device.values():
+            amax = torch.stack(torch._foreach_norm(grads, float("inf")))
+            if not bool(torch.isfinite(amax).all()):
+                self._raise_non_finite()
+
+    def _raise_non_finite(self) -> None:
+        bad = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None or bool(torch.isfinite(g).all()):
+                    continue
+                n_nan, n_inf = int(torch.isnan(g).sum()), int(torch.isinf(g).sum())
+                bad.append(
+                    f"parameter {pi} of group {gi} (shape {tuple(p.shape)}, role "
+                    f"{self.role_of(p, group)!r}): {n_nan} NaN, {n_inf} Inf"
+                )
+        raise ValueError(
+            f"QSGD: {len(bad)} gradient(s) are not finite, so nothing was updated — "
+            + "; ".join(bad[:5])
+            + ("; ..." if len(bad) > 5 else "")
+            + ". Check the data for NaN/Inf or lower the learning rate"
+        )
 
     def _check_roles(self) -> None:
         """A quantizing config with no quantized parameter at all is a mistake, not a float run."""
@@ -190,11 +259,17 @@ class QSGD(torch.optim.Optimizer):
     def _quantize_grad(self, g: torch.Tensor, role: str, dr: int) -> torch.Tensor:
         cfg = self.config
         if role == "weight" and cfg.grad is not None:
-            return constant_quantize(
+            if not _same_device(self.generator.device, g.device):
+                raise ValueError(
+                    f"QSGD: the stochastic-rounding generator is on {self.generator.device} but a "
+                    f"gradient is on {g.device}; pass generator=torch.Generator(device="
+                    f"'{g.device}') (one generator per optimizer, on the parameters' device)"
+                )
+            return device.q_constant(
                 g, cfg.grad, dr, generator=self.generator, rounding=cfg.grad_rounding
             )
         if role == "bn" and cfg.bn_grad is not None:
-            return direct_quantize(g, cfg.bn_grad)
+            return device.q_direct(g, cfg.bn_grad)
         return g
 
     # -- checkpointing: the stochastic-rounding generator is part of the state -----------------

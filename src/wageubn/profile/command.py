@@ -57,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         raise ProfileError(f"--input-size takes S or H W, got {len(args.input_size)} numbers")
     if args.batch < 1:
         raise ProfileError(f"--batch must be >= 1, got {args.batch}")
+    if args.plot:  # before the (slow) profiles, not after them
+        from ..extras import require
+
+        require("matplotlib", "plot", "wageubn profile --plot")
     presets = list(dict.fromkeys(args.preset))  # keep order, drop repeats
     for preset in presets:  # every name checked before the first (slow) profile
         try:

@@ -306,8 +306,9 @@ def plot_profiles(profiles: list[Profile], path: str) -> str:
     imported here): the total energy of one step (MACs, elementwise, memory; labelled with µJ and
     the ratio to fp32 as executed), compute energy by op type and memory energy by tensor role,
     small categories folded into "other" (`group_small`). Returns ``path``."""
-    import matplotlib
+    from ..extras import require
 
+    matplotlib = require("matplotlib", "plot", "plot_profiles (wageubn profile --plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -12,6 +12,10 @@ The per-tensor functions (``shift_quantize``, ``flag_quantize``, ``constant_quan
 power-of-two scale ``R(x) = 2^round(log2(max|x|))`` computed exactly (see ``rounding.pow2_exponent``).
 Gradients: these are plain tensor functions; the straight-through and quantized-backward autograd
 wrappers are in ``wageubn.quant.autograd``.
+
+These are the standalone API: they validate their arguments and check for NaN/Inf eagerly (a
+host read). The arithmetic itself is that of ``wageubn.quant.device`` (one implementation), which
+the layers call directly, without those reads.
 """
 
 from __future__ import annotations
@@ -21,14 +25,8 @@ import numbers
 
 import torch
 
-from .rounding import (
-    check_bits,
-    check_finite,
-    finite_minmax,
-    pow2_exponent,
-    round_log2,
-    stochastic_round,
-)
+from . import device
+from .rounding import check_bits, check_finite, finite_minmax, pow2_exponent, round_log2
 
 __all__ = [
     "mul_pow2",
@@ -45,23 +43,6 @@ __all__ = [
 ]
 
 
-def _q(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unchecked ``Q(x, k) = round(x·2^(k−1)) / 2^(k−1)``; multiplying by a power of two is exact."""
-    # multiplying by powers of two is exact; in-place on the one temporary saves passes
-    return (x * float(2 ** (bits - 1))).round_().mul_(float(2.0 ** (1 - bits)))
-
-
-def _bound(value: float, x: torch.Tensor) -> float:
-    """``value`` rounded toward zero into ``x``'s dtype, so a clip never leaves the range.
-
-    Only matters past the mantissa (float32: k >= 25, where ``1 − 2^(1−k)`` rounds up to 1.0).
-    """
-    t = torch.tensor(value, dtype=torch.float64).to(x.dtype)
-    if abs(float(t)) > abs(value):
-        t = torch.nextafter(t, torch.zeros_like(t))
-    return float(t)
-
-
 def direct_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Direct quantization ``Q(x, k) = round(x · 2^(k−1)) / 2^(k−1)``.
 
@@ -71,7 +52,7 @@ def direct_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     """
     bits = check_bits(bits)
     check_finite(x, "direct_quantize input")
-    return _q(x, bits)
+    return device.q_direct(x, bits)
 
 
 def clipped_direct_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -82,8 +63,7 @@ def clipped_direct_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     """
     bits = check_bits(bits)
     check_finite(x, "clipped_direct_quantize input")
-    limit = _bound(1.0 - 2.0 ** (1 - bits), x)
-    return _q(x, bits).clamp_(-limit, limit)
+    return device.q_clipped(x, bits)
 
 
 def pow2_scale(x: torch.Tensor) -> torch.Tensor:
@@ -128,14 +108,8 @@ def shift_quantize(x: torch.Tensor, bits: int, *, narrow_range: bool = False) ->
     ``k`` signed bits (±127 for k = 8). Rounding: nearest, ties to even.
     """
     bits = check_bits(bits)
-    r = pow2_exponent(x, "shift_quantize input")
-    if r is None:
-        return torch.zeros_like(x)
-    # codes = round(x / R · 2^(k−1)) clipped to ±2^(k−1) (±(2^(k−1) − 1) narrow); value = codes·R/2^(k−1)
-    levels = 2 ** (bits - 1)
-    limit = _bound(levels - 1, x) if narrow_range else float(levels)
-    codes = mul_pow2(x, bits - 1 - r).round_().clamp_(-limit, limit)
-    return mul_pow2(codes, r - (bits - 1))
+    check_finite(x, "shift_quantize input")
+    return device.q_shift(x, bits, narrow_range)[0]
 
 
 def flag_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -147,18 +121,8 @@ def flag_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     dynamic range about ``2^(2(k−1))``. Rounding: nearest, ties to even, in both regimes.
     """
     bits = check_bits(bits)
-    r = pow2_exponent(x, "flag_quantize input")
-    if r is None:
-        return torch.zeros_like(x)
-    # y = x / s with s = R / 2^(k−1) (exact); fine codes round(|y|·2^(k−1)) ≤ 2^(k−1), coarse codes
-    # round(|y|) ≤ 2^(k−1) − 1; the result is sign(y)·(that in units of s), rounded at most once.
-    levels = float(2 ** (bits - 1))
-    y = mul_pow2(x, bits - 1 - r)
-    mag = y.abs()
-    fine = (mag * levels).round_().clamp_(0.0, levels).mul_(1.0 / levels)
-    coarse = torch.round(mag).clamp_(0.0, _bound(levels - 1, x))
-    m = torch.where(mag < 1.0, fine, coarse).mul_(torch.sign(y))
-    return mul_pow2(m, r - (bits - 1))
+    check_finite(x, "flag_quantize input")
+    return device.q_flag(x, bits)[0]
 
 
 def range_exponent(x: torch.Tensor, bits: int) -> int | None:
@@ -200,8 +164,10 @@ def fit_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     Equals ``Q(x, k)`` whenever ``max|x| <= 1 − 2^(1−k)``; above that the grid coarsens by powers of
     two instead of leaving the ``k``-bit code range. Rounding: nearest, ties to even.
     """
-    e = fit_exponent(x, bits)
-    return mul_pow2(mul_pow2(x, -e).round_(), e)
+    bits = check_bits(bits)
+    check_finite(x, "fit_quantize input")
+    codes, e, _ = device.q_fit(x, bits)
+    return device.decode(codes, e, x.dtype)
 
 
 def check_grad_range(dr: object) -> int:
@@ -237,10 +203,5 @@ def constant_quantize(
     dr = check_grad_range(dr)
     if rounding not in ("stochastic", "nearest"):
         raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
-    r = pow2_exponent(x, "constant_quantize input")
-    if r is None:
-        return torch.zeros_like(x)
-    v = mul_pow2(x, -r).mul_(float(dr))  # x / R(x) first (exact), then times dr
-    n = stochastic_round(v, generator) if rounding == "stochastic" else torch.round(v)
-    n = n.clamp_(-(dr - 1), dr - 1)
-    return n * float(2.0 ** (-2 * (bits - 1)))
+    check_finite(x, "constant_quantize input")
+    return device.q_constant(x, bits, dr, generator=generator, rounding=rounding)

@@ -5,7 +5,14 @@
 """
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .loop import TrainingError, evaluate, evaluate_checkpoint, train
+from .loop import (
+    TrainingError,
+    TrainingInterrupted,
+    TrainingIOError,
+    evaluate,
+    evaluate_checkpoint,
+    train,
+)
 from .runconfig import RunConfig, RunConfigError, load_run_config
 from .schedule import PiecewiseConstant, Schedule
 
@@ -16,6 +23,8 @@ __all__ = [
     "RunConfigError",
     "Schedule",
     "TrainingError",
+    "TrainingIOError",
+    "TrainingInterrupted",
     "evaluate",
     "evaluate_checkpoint",
     "load_checkpoint",

@@ -23,11 +23,14 @@ target, so a crash leaves either the old or the new checkpoint, never half of on
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,36 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Our one-line reason for a file that ``torch.load(weights_only=True)`` refused. torch's own
+    text is not shown: it advises disabling ``weights_only`` (which would run the file's code) and
+    filing issues, neither of which fits a damaged or foreign checkpoint."""
+    text = str(exc)
+    code = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", text)
+    if isinstance(exc, pickle.UnpicklingError) and code:
+        return (
+            f"{path}: not a wageubn checkpoint: it refers to Python code ({code.group(1)}), which "
+            "wageubn checkpoints never do, so it was not loaded; use a checkpoint written by "
+            "wageubn train"
+        )
+    if isinstance(exc, OSError) and exc.strerror and exc.errno != errno.EINVAL:
+        return f"{path}: cannot read the checkpoint ({exc.strerror})"  # EINVAL: a cut-off file
+    if "zip archive" in text or isinstance(exc, zipfile.BadZipFile | EOFError | OSError):
+        what = "not a complete torch.save archive"
+    elif isinstance(exc, pickle.UnpicklingError) or "pickle" in text.lower():
+        what = "its pickled data is damaged"
+    else:
+        kind = type(exc)
+        name = (
+            kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        )
+        what = f"torch.load failed with {name}"
+    return (
+        f"{path}: truncated or corrupt checkpoint ({what}); resume from an earlier copy or "
+        "start the run again"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and verify a checkpoint (``weights_only=True``: no code runs while loading).
 
@@ -142,17 +175,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = resolve_checkpoint(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        unsafe = [ln for ln in lines if "WeightsUnpickler error" in ln]
-        if unsafe:  # a pickled object that weights_only loading refuses: not our format
-            raise CheckpointError(f"{path}: not a plain wageubn checkpoint ({unsafe[0]})") from None
-        first = lines[0] if lines else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: truncated or corrupt checkpoint ({first}); resume from an earlier copy "
-            "or start the run again"
-        ) from None
+        with warnings.catch_warnings():
+            # torch's loader warns about what it meets in a damaged file (pickle protocols...);
+            # the error below says what matters, in our words
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged bytes make torch.load fail in many ways (struct.error...)
+        raise CheckpointError(_unreadable(path, exc)) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wageubn checkpoint (no format={FORMAT!r} marker)")
     if payload.get("version") != VERSION:

@@ -13,16 +13,21 @@ One run::
 A resumed run continues bit for bit like an uninterrupted one: the checkpoint holds the model,
 the optimizer (momentum + the SR generator), the data position, torch's RNG and the metric
 accumulators. A non-finite loss or a quantizer's ValueError (NaN/Inf reaching the integer grid)
-stops the run with `TrainingError`; nothing is saved after the failing step.
+stops the run with `TrainingError`; nothing is saved after the failing step. An undecodable data
+file or a failed write (disk full, read-only directory) stops it with `TrainingIOError`, naming
+the file and the last good checkpoint, which stays intact. SIGTERM/SIGINT (``handle_signals``)
+write a checkpoint and stop with `TrainingInterrupted`. Every ending is recorded in run.json
+(train/lifecycle.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
 import math
 import platform
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..convert import quantize_
-from ..data import Batches, derive_seed, load_dataset
+from ..data import Batches, CorruptDataError, derive_seed, load_dataset
 from ..models import create_model
 from ..optim import QSGD
 from ..optim.qsgd import quantized_lr
@@ -46,12 +51,28 @@ from .checkpoint import (
     resolve_checkpoint,
     serialize_checkpoint,
 )
+from .lifecycle import (
+    StopSignals,
+    TrainingInterrupted,
+    describe_status,
+    owner_record,
+    read_run_info,
+    write_run_info,
+)
 from .metrics import MetricsWriter
 from .progress import LogProgress, Progress
 from .runconfig import RunConfig, RunConfigError, dump_yaml, load_run_config
 from .schedule import Schedule
 
-__all__ = ["RESUMABLE_KEYS", "TrainingError", "evaluate", "evaluate_checkpoint", "train"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "TrainingError",
+    "TrainingIOError",
+    "TrainingInterrupted",
+    "evaluate",
+    "evaluate_checkpoint",
+    "train",
+]
 
 log = logging.getLogger("wageubn.train")
 
@@ -71,6 +92,7 @@ RESUMABLE_KEYS = frozenset(
         "data.root",
         "data.num_workers",
         "data.eval_batch_size",
+        "dist.timeout",
     }
 )
 
@@ -78,6 +100,16 @@ RESUMABLE_KEYS = frozenset(
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, NaN/Inf reaching a quantizer); names where it
     stopped and the last good checkpoint."""
+
+
+class TrainingIOError(TrainingError):
+    """Training stopped on a file the user fixes: an undecodable data file, or a write that
+    failed (disk full, read-only or vanished directory). Names the file, what happened and what
+    is saved (the last checkpoint stays intact); the CLI exits with status 2."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -229,7 +261,10 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``)."""
+    """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``).
+
+    ``run_status`` in the result is the status of the run directory holding the checkpoint (from
+    its run.json; a "running" run whose process is gone says so), or None."""
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
     cfg = RunConfig.from_dict(ckpt["run_config"], source=f"{path} run_config")
@@ -254,7 +289,15 @@ def evaluate_checkpoint(
         num_workers=cfg.data.num_workers,
         progress=progress,
     )
-    return {**result, "split": split, "checkpoint": str(path), "step": ckpt["step"]}
+    info = read_run_info(path.parent / "run.json")
+    run_status = describe_status(info)[0] if info is not None else None
+    return {
+        **result,
+        "split": split,
+        "checkpoint": str(path),
+        "step": ckpt["step"],
+        "run_status": run_status,
+    }
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -273,10 +316,17 @@ def _as_run_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig
 def _new_run_dir(cfg: RunConfig) -> Path:
     base = Path(cfg.train.out_dir).expanduser() / (cfg.train.run_name or "run")
     run_dir, i = base, 1
-    while run_dir.exists() and any(run_dir.iterdir()):
-        i += 1
-        run_dir = base.with_name(f"{base.name}-{i}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        while run_dir.exists() and any(run_dir.iterdir()):
+            i += 1
+            run_dir = base.with_name(f"{base.name}-{i}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # out_dir is a file, read-only, full...
+        raise RunConfigError(
+            f"train.out_dir {cfg.train.out_dir}: cannot create the run directory {run_dir} "
+            f"({_reason(exc)}); nothing was written; pass a writable directory with "
+            "--train.out_dir DIR"
+        ) from None
     return run_dir
 
 
@@ -286,12 +336,16 @@ def train(
     resume: str | Path | None = None,
     progress: Progress | None = None,
     command: list[str] | None = None,
+    handle_signals: bool = False,
 ) -> dict[str, Any]:
     """Train as ``config`` says; continue from ``resume`` (a checkpoint or run directory).
 
     Returns ``{"run_dir", "step", "epoch", "train_loss", "eval", "best_acc", "last_checkpoint",
     "best_checkpoint", "status", "wall_s"}``. Raises `RunConfigError`, `CheckpointError`,
-    ``DatasetNotFoundError`` (before anything is written) and `TrainingError` (during the run).
+    ``DatasetNotFoundError`` (before anything is written), `TrainingError` (during the run) and
+    its subclass `TrainingIOError` (a data file or a write failed). With ``handle_signals`` (the
+    CLI; main thread only) SIGTERM and SIGINT stop the run between two steps with a checkpoint
+    and raise `TrainingInterrupted` (a KeyboardInterrupt).
     """
     cfg = _as_run_config(config)
     ckpt, ckpt_path = None, None
@@ -301,16 +355,23 @@ def train(
         _check_compatible(cfg, ckpt["run_config"], ckpt_path)
     threads = torch.get_num_threads()
     ctx = parallel.setup(cfg)
+    clean = False
     try:
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         if not ctx.is_main:
             progress = _Silent()
-        run = _Run(cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command, ctx)
-        return run.run()
+        with StopSignals(handle_signals) as stop:
+            run = _Run(
+                cfg, ckpt, ckpt_path, progress or LogProgress(cfg.train.log_every), command, ctx
+            )
+            run.stop = stop
+            result = run.run()
+        clean = True
+        return result
     finally:
         torch.set_num_threads(threads)
-        parallel.teardown(ctx)
+        parallel.teardown(ctx, clean=clean)
 
 
 class _Run:
@@ -349,34 +410,86 @@ class _Run:
         self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
         self.acc = {"window": _zeros(), "epoch": _zeros()}
         self.last_eval: dict[str, Any] | None = None
+        self.stop = StopSignals(enabled=False)  # train() hands over the active one
+        self.stop_agreed = False  # every rank saw a stop request (set by _step)
+        self.saved_at: int | None = None
+        self.previous_status: str | None = None
         if ckpt is not None:  # everything is validated before the run directory is touched
             self._restore(ckpt, ckpt_path)
             self.run_dir = ckpt_path.parent
+            self._check_resumable(ckpt_path)
         else:
-            self.run_dir = Path(
-                parallel.broadcast(ctx, str(_new_run_dir(cfg)) if ctx.is_main else None)
-            )
+            made: Any = None
+            if ctx.is_main:
+                try:
+                    made = str(_new_run_dir(cfg))
+                except RunConfigError as exc:  # every rank raises it; rank 0 prints it
+                    made = exc
+            made = parallel.broadcast(ctx, made)
+            if isinstance(made, RunConfigError):
+                raise made
+            self.run_dir = Path(made)
         self.last_path, self.best_path = self.run_dir / "last.pt", self.run_dir / "best.pt"
-        self.last_good: str | None = str(self.last_path) if ckpt is not None else None
+        self.last_good = f"{ckpt_path} (step {self.step})" if ckpt is not None else None
         self.diag = None
+        self.metrics: Any = _NoMetrics()
+        failed: TrainingIOError | None = None
         if ctx.is_main:  # only rank 0 writes the run directory
-            self._write_run_files(ckpt_path, ckpt, command)
-            self.metrics = MetricsWriter(
-                self.run_dir,
-                keep_until_step=self.step if ckpt is not None else None,
-                tensorboard=t.tensorboard,
-            )
-            if cfg.diag.every is not None:
-                from ..diagnostics import Diagnostics
-
-                self.diag = Diagnostics(
-                    self.model,
-                    every=cfg.diag.every,
-                    path=self.run_dir / "diagnostics.jsonl",
-                    sink=self.metrics.diagnostics if t.tensorboard else None,
+            try:
+                self._write_run_files(ckpt_path, ckpt, command)
+                self.metrics = MetricsWriter(
+                    self.run_dir,
+                    keep_until_step=self.step if ckpt is not None else None,
+                    tensorboard=t.tensorboard,
                 )
-        else:
-            self.metrics = _NoMetrics()
+                if cfg.diag.every is not None:
+                    from ..diagnostics import Diagnostics
+
+                    self.diag = Diagnostics(
+                        self.model,
+                        every=cfg.diag.every,
+                        path=self.run_dir / "diagnostics.jsonl",
+                        sink=self.metrics.diagnostics if t.tensorboard else None,
+                    )
+            except OSError as exc:
+                kept = (
+                    f"{ckpt_path} (step {self.step}) and the run's files are unchanged; make the "
+                    "directory writable, or copy it elsewhere and resume from the copy"
+                    if ckpt is not None
+                    else "pass a writable --train.out_dir"
+                )
+                failed = TrainingIOError(
+                    f"cannot write to the run directory {self.run_dir} ({_reason(exc)}); "
+                    f"nothing was trained; {kept}"
+                )
+        failed = parallel.broadcast(ctx, failed)  # every rank stops, not only rank 0
+        if failed is not None:
+            raise failed
+
+    def _check_resumable(self, path: Path) -> None:
+        """Refuse a resume that would do nothing or race a live process (before any write)."""
+        t, spe = self.cfg.train, len(self.batches)
+        epoch = self.batches.state_dict()["epoch"]
+        if t.max_steps is not None and self.step >= t.max_steps and epoch < t.epochs:
+            raise RunConfigError(
+                f"{path}: the run is at step {self.step}, which train.max_steps={t.max_steps} "
+                f"does not exceed, with {t.epochs * spe - self.step} steps of "
+                f"train.epochs={t.epochs} left; to continue pass --train.max_steps N with "
+                f"N > {self.step}, or --train.max_steps null for the remaining epochs"
+            )
+        info = read_run_info(self.run_dir / "run.json")
+        if info is None:
+            return
+        status, running = describe_status(info)
+        if running:
+            raise CheckpointError(
+                f"{self.run_dir}: run.json says the run is {status}; wait for it to finish or "
+                "stop it (kill -TERM PID writes a checkpoint) before resuming"
+            )
+        if info.get("status") == "running":
+            self.previous_status = status
+            if self.ctx.is_main:
+                log.warning("%s: the previous run %s; resuming from %s", self.run_dir, status, path)
 
     def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
         saved_world = int(ckpt.get("world_size", 1))
@@ -403,15 +516,16 @@ class _Run:
     ) -> None:
         import wageubn
 
-        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        atomic_write_bytes(self.run_dir / "config.yaml", dump_yaml(self.cfg).encode())
         info_path = self.run_dir / "run.json"
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         cmd = list(command) if command is not None else list(sys.argv)
-        if ckpt is not None and info_path.is_file():
-            info = json.loads(info_path.read_text())
-            info.setdefault("resumes", []).append(
-                {"time": now, "checkpoint": str(ckpt_path), "step": self.step, "command": cmd}
-            )
+        info = read_run_info(info_path) if ckpt is not None else None
+        if info is not None:
+            resume = {"time": now, "checkpoint": str(ckpt_path), "step": self.step, "command": cmd}
+            if self.previous_status is not None:
+                resume["previous_status"] = self.previous_status
+            info.setdefault("resumes", []).append(resume)
         else:
             info = {
                 "wageubn": wageubn.__version__,
@@ -426,14 +540,18 @@ class _Run:
                 "steps_per_epoch": len(self.batches),
             }
         info["status"] = "running"
+        info["owner"] = owner_record()  # tells a crashed run from a live one (lifecycle.py)
         self.info, self.info_path = info, info_path
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        write_run_info(info_path, info)
 
     def _set_status(self, status: str) -> None:
-        if not self.ctx.is_main:
+        if not self.ctx.is_main or not hasattr(self, "info"):
             return
         self.info["status"] = status
-        self.info_path.write_text(json.dumps(self.info, indent=2) + "\n")
+        try:
+            write_run_info(self.info_path, self.info)
+        except OSError as exc:  # disk full: run.json keeps "running", which the owner check sees
+            log.warning("%s: could not record status %r (%s)", self.info_path, status, exc)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _save(self, epoch: int, *, best: bool = False) -> None:
@@ -466,17 +584,36 @@ class _Run:
             "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
         }
         data = serialize_checkpoint(payload)
-        atomic_write_bytes(self.last_path, data)
-        self.last_good = f"{self.last_path} (step {self.step})"
-        if best:
-            atomic_write_bytes(self.best_path, data)
+        for path in (self.last_path, self.best_path) if best else (self.last_path,):
+            try:
+                atomic_write_bytes(path, data)
+            except OSError as exc:  # the previous file at `path` is intact (atomic write)
+                raise self._io_error(
+                    epoch, f"cannot write the checkpoint {path} ({_reason(exc)})"
+                ) from None
+            if path == self.last_path:
+                self.last_good = f"{self.last_path} (step {self.step})"
+                self.saved_at = self.step
 
-    def _error(self, epoch: int, what: str) -> TrainingError:
+    def _error(
+        self, epoch: int, what: str, *, kind: type[TrainingError] = TrainingError, fix: str = ""
+    ) -> TrainingError:
         where = self.last_good or "none (no checkpoint was written yet)"
-        return TrainingError(
+        return kind(
             f"training stopped at epoch {epoch} step {self.step}: {what}; last good checkpoint: "
-            f"{where}; see docs/troubleshooting.md"
+            f"{where}; {fix or 'see docs/troubleshooting.md'}"
         )
+
+    def _io_error(
+        self, epoch: int, what: str, fix: str = "free space or fix the directory"
+    ) -> TrainingError:
+        """A `TrainingIOError`: what failed, the intact last checkpoint and how to go on."""
+        then = (
+            f"then continue with wageubn train --resume {self.run_dir}"
+            if self.last_good
+            else "then start the run again"
+        )
+        return self._error(epoch, what, kind=TrainingIOError, fix=f"{fix}, {then}")
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -484,25 +621,40 @@ class _Run:
         total = t.epochs * spe if t.max_steps is None else min(t.epochs * spe, t.max_steps)
         start = time.perf_counter()
         self.t0 = start - self.elapsed_before  # elapsed_s counts on across resumes
-        log.info(
-            "run %s: %s on %s (%d train / %d eval images), %d steps/epoch, %d steps to go",
-            self.run_dir,
-            self.cfg.model.name,
-            self.cfg.data.name,
-            len(self.train_ds),
-            len(self.eval_ds),
-            spe,
-            max(0, total - self.step),
-        )
+        if self.ctx.is_main:
+            log.info(
+                "run %s: %s on %s (%d train / %d eval images), %d steps/epoch, %d steps to go",
+                self.run_dir,
+                self.cfg.model.name,
+                self.cfg.data.name,
+                len(self.train_ds),
+                len(self.eval_ds),
+                spe,
+                max(0, total - self.step),
+            )
         self.progress.start(self.step, total)
-        status = "completed"
+        epoch = self.batches.state_dict()["epoch"]
         try:
-            epoch = self.batches.state_dict()["epoch"]
             while epoch < t.epochs and self.step < total:
-                if not self._run_epoch(epoch, total):
-                    status = f"stopped at max_steps={t.max_steps}"
-                    break
-                epoch += 1
+                self._run_epoch(epoch, total)
+                if self._stopping():  # a signal during the epoch's last step or evaluation
+                    raise self._interrupted(epoch)
+                epoch = self.batches.state_dict()["epoch"]
+        except TrainingInterrupted as exc:
+            if exc.saved:
+                raise  # its status is recorded
+            name = signal.Signals(exc.signum).name
+            self._set_status(
+                f"interrupted by a second {name} at step {self.step}; last good checkpoint: "
+                f"{self.last_good}"
+            )
+            raise TrainingInterrupted(
+                f"interrupted by a second {name} at epoch {epoch} step {self.step}, at once; last "
+                f"good checkpoint: {self.last_good}; continue with wageubn train --resume "
+                f"{self.run_dir}",
+                exc.signum,
+                saved=False,
+            ) from None
         except TrainingError as exc:
             self._set_status(f"failed: {exc}")
             raise
@@ -511,9 +663,41 @@ class _Run:
                 f"interrupted at step {self.step}; last good checkpoint: {self.last_good}"
             )
             raise
+        except CorruptDataError as exc:
+            error = self._io_error(epoch, str(exc), fix="replace or remove that file")
+            self._set_status(f"failed: {error}")
+            raise error from None
+        except OSError as exc:  # metrics, diagnostics or run.json (checkpoints say so themselves)
+            what = f"a write to the run directory {self.run_dir} failed ({_reason(exc)})"
+            if exc.errno == errno.ENOSPC:
+                what = f"the disk holding {self.run_dir} is full"
+            error = self._io_error(epoch, what)
+            self._set_status(f"failed: {error}")
+            raise error from None
+        except RuntimeError as exc:
+            if not (self.ctx.active and parallel.is_timeout(exc)):
+                self._set_status(f"crashed at step {self.step}: {type(exc).__name__}: {exc}")
+                raise
+            error = self._error(
+                epoch,
+                f"another process did not answer within dist.timeout={self.cfg.dist.timeout:g} s "
+                f"({' '.join(str(exc).split())[:200]})",
+                fix="check that every process is alive; raise --dist.timeout if rank 0's "
+                "evaluation or checkpoint takes longer",
+            )
+            self._set_status(f"failed: {error}")
+            raise error from None
+        except Exception as exc:
+            self._set_status(f"crashed at step {self.step}: {type(exc).__name__}: {exc}")
+            raise
         finally:
             self.progress.close()
-            self.metrics.close()
+            try:
+                self.metrics.close()
+            except OSError as exc:
+                log.warning("%s: closing the metrics files failed (%s)", self.run_dir, exc)
+        done = self.batches.state_dict()["epoch"] >= t.epochs
+        status = "completed" if done else f"stopped at max_steps={t.max_steps}"
         self._set_status(status)
         return {
             "run_dir": str(self.run_dir),
@@ -527,12 +711,29 @@ class _Run:
             "wall_s": time.perf_counter() - start,
         }
 
+    def _stopping(self) -> bool:
+        """A stop signal arrived (in every process, when there are several)."""
+        return self.stop_agreed if self.ctx.active else self.stop.signum is not None
+
+    def _interrupted(self, epoch: int) -> TrainingInterrupted:
+        """Checkpoint (unless this step is saved), record "interrupted", the exception to raise."""
+        if self.saved_at != self.step:
+            self._save(epoch)
+        signum = self.stop.signum or signal.SIGTERM  # another rank's signal: torchrun's SIGTERM
+        name = signal.Signals(signum).name
+        self._set_status(f"interrupted by {name} at step {self.step}; saved {self.last_good}")
+        return TrainingInterrupted(
+            f"interrupted by {name} at epoch {epoch} step {self.step}; saved {self.last_good}; "
+            f"continue with wageubn train --resume {self.run_dir}",
+            signum,
+        )
+
     def _run_epoch(self, epoch: int, total: int) -> bool:
         """One (possibly resumed) epoch; False when max_steps stopped it before its end."""
         t = self.cfg.train
         self.batches.set_epoch(epoch)
         lr, dr = self.schedule.apply(self.opt, epoch)
-        lr_q = quantized_lr(lr, self.qcfg)
+        lr_q = _scheduled_lr_q(lr, self.qcfg)
         self.model.train()
         window_start = time.perf_counter()
         spe = len(self.batches)
@@ -561,12 +762,14 @@ class _Run:
                 window_start = now
             self.progress.update(self.step, epoch, stats)
             end_of_epoch = self.batches.state_dict()["position"] == 0
-            if not end_of_epoch and self.step >= total:
-                self._save(epoch)
+            if not end_of_epoch and self.step >= total:  # max_steps: evaluate, keep the best
+                self._save(epoch, best=self._evaluate(epoch))
                 return False
             if not end_of_epoch and t.checkpoint_every_steps:
                 if self.step % t.checkpoint_every_steps == 0:
                     self._save(epoch)
+            if not end_of_epoch and self._stopping():  # at an epoch's end: after its evaluation
+                raise self._interrupted(epoch)
         if self.batches.state_dict()["epoch"] != epoch + 1 or self.acc["epoch"]["steps"] == 0:
             raise RuntimeError(f"internal: epoch {epoch} of {spe} batches did not complete")
         e = self.acc["epoch"]
@@ -603,14 +806,18 @@ class _Run:
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
-        except ValueError as exc:  # a quantizer met NaN/Inf, or the lr rounded to zero
+        except ValueError as exc:  # a quantizer met NaN/Inf
             raise self._error(epoch, " ".join(str(exc).split())) from exc
         correct = int((out.detach().argmax(1) == y).sum())
         if not self.ctx.active:
             return value, correct, y.numel()
-        loss_sum, correct_sum, count = parallel.all_sum(
-            self.ctx, [value * y.numel(), correct, y.numel()], self.device
+        stop = float(
+            self.stop.signum is not None
+        )  # agreed in the same reduction: all stop together
+        loss_sum, correct_sum, count, stops = parallel.all_sum(
+            self.ctx, [value * y.numel(), correct, y.numel(), stop], self.device
         )
+        self.stop_agreed = stops > 0
         return loss_sum / count, int(correct_sum), int(count)
 
     def _evaluate(self, epoch: int) -> bool:
@@ -627,6 +834,8 @@ class _Run:
                 device=self.device,
                 progress=self.progress,
             )
+        except CorruptDataError:
+            raise  # a file to fix, not a numerical failure
         except ValueError as exc:
             raise self._error(epoch, "evaluation: " + " ".join(str(exc).split())) from exc
         self.last_eval = {**result, "split": self.cfg.data.eval_split, "epoch": epoch}
@@ -672,6 +881,16 @@ class _NoMetrics:
 
     def close(self) -> None:
         pass
+
+
+def _scheduled_lr_q(lr: float, qcfg: Any) -> float:
+    """``QC(lr, k_LR)`` of a scheduled lr, for the metrics. The config refuses a base lr that
+    quantizes to 0; a schedule may decay below the grid (the released recipe avoids it, a user's
+    may not): then lr_q is 0, QSGD warns once and applies no update, and the run goes on."""
+    try:
+        return quantized_lr(lr, qcfg)
+    except ValueError:  # quantized_lr's only error: a non-zero lr below half an lr step
+        return 0.0
 
 
 def _zeros() -> dict[str, float | int]:

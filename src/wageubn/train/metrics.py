@@ -10,11 +10,14 @@ and resumed run hold the same rows as those of an uninterrupted one (timing colu
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from .checkpoint import atomic_write_bytes
 
 __all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics", "role_rates"]
 
@@ -60,11 +63,13 @@ class MetricsWriter:
         kept = []
         if keep_until_step is not None:  # resume: drop what came after the checkpoint
             kept = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= keep_until_step]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
+        # rewritten atomically: a failed write (disk full) keeps the rows already there
+        atomic_write_bytes(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        atomic_write_bytes(self.csv, table.getvalue().encode())
         self._jsonl = self.jsonl.open("a")
         self._csv_file = self.csv.open("a", newline="")
         self._csv = csv.DictWriter(self._csv_file, COLUMNS, extrasaction="ignore")

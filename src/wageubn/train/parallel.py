@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ __all__ = [
     "broadcast",
     "check_same_config",
     "device_for",
+    "is_timeout",
     "setup",
     "teardown",
     "wrap",
@@ -52,10 +55,23 @@ class DistContext:
 
 
 def setup(cfg: RunConfig) -> DistContext:
-    """Join the process group when launched by torchrun with WORLD_SIZE > 1; else a 1-process context."""
+    """Join the process group when launched by torchrun with WORLD_SIZE > 1; else a 1-process context.
+
+    Checks that the global batch splits over the processes first (every rank raises the same
+    `RunConfigError`; the CLI prints it on rank 0 only). Collectives time out after
+    ``dist.timeout`` seconds."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    bs = cfg.data.batch_size
+    if bs % world:
+        low, high = bs // world * world, -(-bs // world) * world
+        hint = f"{low} or {high}" if low else f"{high}"
+        raise RunConfigError(
+            f"data.batch_size {bs} (the global batch) does not split evenly over {world} "
+            f"processes (WORLD_SIZE={world}); use a multiple of {world}, e.g. --data.batch_size "
+            f"{hint}"
+        )
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     initialized_here = False
@@ -65,7 +81,7 @@ def setup(cfg: RunConfig) -> DistContext:
             backend = "nccl" if cfg.train.device == "cuda" else "gloo"
         if backend == "nccl" and cfg.train.device != "cuda":
             raise RunConfigError("dist.backend 'nccl' needs train.device 'cuda'; use gloo on CPU")
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.dist.timeout))
         initialized_here = True
     if dist.get_world_size() != world:
         raise RunConfigError(
@@ -76,10 +92,23 @@ def setup(cfg: RunConfig) -> DistContext:
     )
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, *, clean: bool = True) -> None:
+    """Leave the process group. After a failure (``clean=False``) without the barrier: another
+    process may never reach it (it failed too, or stopped answering)."""
     if ctx.initialized_here and dist.is_initialized():
-        dist.barrier()  # no rank tears the group down while another still talks
+        if clean:
+            dist.barrier()  # no rank tears the group down while another still talks
         dist.destroy_process_group()
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """A collective that gave up waiting for another process (``dist.timeout``). gloo raises a
+    plain RuntimeError ("Timed out waiting 5000ms for send operation to complete", "Application
+    timeout caused pair closure"); NCCL a DistBackendError."""
+    text = str(exc)
+    return (
+        isinstance(exc, dist.DistBackendError) or re.search(r"timed? ?out", text, re.I) is not None
+    )
 
 
 def device_for(cfg: RunConfig, ctx: DistContext) -> torch.device:

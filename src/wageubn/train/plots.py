@@ -3,25 +3,28 @@
 Two panels sharing the x axis, one colour per run (named by its directory):
 
 * loss, on a log axis (the first window's spike does not flatten the rest): the training loss of
-  each ``log_every`` window (line) and the eval loss after each epoch (markers);
+  each ``log_every`` window (line) and the eval loss after each epoch and at a ``max_steps``
+  stop (markers);
 * accuracy (%): the training accuracy of each window (thin line) and the eval accuracy (markers);
   a run without evaluations shows its training accuracy only, and the panel is left out when no
   run has any accuracy at all.
 
 ``x="epoch"`` (default) places a row at ``step / steps_per_epoch``: epoch ``e`` spans ``[e, e+1)``
-and is labelled ``e`` in its middle, counted from 0 as in the logs and metrics; an evaluation at
-the end of epoch ``e`` sits on its right edge. ``x="step"`` plots against optimizer steps.
+and is labelled ``e`` in its middle, counted from 0 as in the logs and metrics; an evaluation sits
+at its step (the end of epoch ``e`` is its right edge; a ``max_steps`` stop may fall inside an
+epoch). ``x="step"`` plots against optimizer steps.
 matplotlib (the ``plot`` extra) is imported only here, with the Agg backend.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
+from .lifecycle import read_run_info
 from .metrics import read_metrics
 
 __all__ = ["figure_runs", "plot_runs", "steps_per_epoch"]
@@ -32,11 +35,10 @@ log = logging.getLogger(__name__)
 def steps_per_epoch(run: str | Path, rows: list[dict[str, Any]] | None = None) -> int | None:
     """Optimizer steps in one epoch of ``run``: from run.json, else from its first ``epoch`` row,
     else None (an old run stopped before its first epoch ended)."""
-    info = Path(run) / "run.json"
-    if info.is_file():
-        spe = json.loads(info.read_text()).get("steps_per_epoch")
-        if isinstance(spe, int) and spe > 0:
-            return spe
+    info = read_run_info(Path(run) / "run.json")  # None when absent or unreadable
+    spe = info.get("steps_per_epoch") if info is not None else None
+    if isinstance(spe, int) and spe > 0:
+        return spe
     rows = read_metrics(run) if rows is None else rows
     first = next((r for r in rows if r.get("kind") == "epoch"), None)
     if first is not None and first["step"] > 0:
@@ -48,6 +50,7 @@ def figure_runs(runs: list[str | Path], *, x: str = "epoch") -> Any:
     """The matplotlib figure of ``plot_runs`` (not saved). Raises like `plot_runs`."""
     if x not in ("epoch", "step"):
         raise ValueError(f"plot_runs: x must be 'epoch' or 'step', got {x!r}")
+    matplotlib = require("matplotlib", "plot", "plot_runs (wageubn plot)")
     data = []
     for run in runs:
         run = Path(run)
@@ -64,8 +67,6 @@ def figure_runs(runs: list[str | Path], *, x: str = "epoch") -> Any:
         missing = [name for name, _, spe in data if spe is None]
         log.warning("steps per epoch unknown for %s: plotting against steps", ", ".join(missing))
         x = "step"
-
-    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,7 +118,8 @@ def figure_runs(runs: list[str | Path], *, x: str = "epoch") -> Any:
     if any(r.get("kind") == "train" for _, rows, _ in data for r in rows):
         handles.append(Line2D([], [], color="0.3", lw=1.2, label="train (mean of each log window)"))
     if any(r.get("kind") == "eval" for _, rows, _ in data for r in rows):
-        handles.append(Line2D([], [], color="0.3", lw=2, marker="o", label="eval (end of epoch)"))
+        label = "eval (end of epoch or run)"
+        handles.append(Line2D([], [], color="0.3", lw=2, marker="o", label=label))
     (ax_acc or ax_loss).legend(handles=handles, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
@@ -127,12 +129,12 @@ def plot_runs(runs: list[str | Path], out: str | Path, *, x: str = "epoch") -> P
     """Write the curves of ``runs`` (run directories) to ``out``; returns its path.
 
     Raises ``FileNotFoundError`` for a directory without metrics.jsonl, ``ValueError`` for a bad
-    ``x`` (``"epoch"`` or ``"step"``) or runs without any row yet, ``ImportError`` when matplotlib
-    is missing.
+    ``x`` (``"epoch"`` or ``"step"``) or runs without any row yet, ``MissingExtraError`` (an
+    ImportError naming the ``plot`` extra) when matplotlib is missing.
     """
+    fig = figure_runs(runs, x=x)  # checks for matplotlib first
     import matplotlib.pyplot as plt
 
-    fig = figure_runs(runs, x=x)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -77,9 +77,10 @@ class DataSection:
 @dataclass
 class OptimSection:
     lr: float = 0.05
-    """Base learning rate; quantized to ``quant.lr`` bits (10: a multiple of 2^-9) at each step."""
+    """Base learning rate; quantized to ``quant.lr`` bits (10: a multiple of 2^-9) at each step.
+    Must quantize to a non-zero value (10 bits: lr >= 2^-10)."""
     momentum: float = 0.25
-    """Momentum m of QSGD: ``acc = m·acc + G`` (quantized to ``quant.momentum`` bits)."""
+    """Momentum m of QSGD: ``acc = m·acc + G`` (quantized to ``quant.momentum`` bits), in [0, 1]."""
     weight_decay: float = 1e-4
     """Added to the gradient before quantization; not on BN gamma/beta unless bn_weight_decay."""
     bn_weight_decay: bool = False
@@ -87,7 +88,8 @@ class OptimSection:
     lr_milestones: list[int] = field(default_factory=list)
     """Epochs at which the next lr multiplier and grad range take effect (strictly increasing)."""
     lr_multipliers: list[float] = field(default_factory=lambda: [1.0])
-    """``len(lr_milestones) + 1`` multipliers of ``lr``."""
+    """``len(lr_milestones) + 1`` multipliers of ``lr``; an epoch whose ``lr × multiplier``
+    quantizes to 0 applies no update (QSGD warns once) and the run goes on."""
     grad_range_values: list[int] | None = None
     """``len(lr_milestones) + 1`` values of the gradient range dr (None = quant.grad_range)."""
 
@@ -131,6 +133,10 @@ class DistSection:
     """Exchange gradients as integer codes with one agreed exponent per bucket (exact sums)."""
     code_bits: int = 24
     """Width of the gradient codes of the integer all-reduce (wageubn.distributed)."""
+    timeout: float = 600.0
+    """Seconds a process waits for the others in a collective (the all-reduce of each step, rank
+    0's evaluation and checkpoint) before the run stops with an error instead of hanging on a
+    process that stopped answering; raise it when rank 0's evaluation takes longer."""
 
 
 @dataclass
@@ -237,13 +243,14 @@ class RunConfig:
         for key, value in (("data.num_workers", d.num_workers), ("train.seed", t.seed)):
             if value < 0:
                 errors.append(f"{key} must be >= 0, got {value}")
-        for key, value in (
-            ("optim.lr", o.lr),
-            ("optim.momentum", o.momentum),
-            ("optim.weight_decay", o.weight_decay),
-        ):
-            if not value >= 0:
-                errors.append(f"{key} must be >= 0, got {value}")
+        if not o.lr > 0:
+            errors.append(f"optim.lr must be > 0, got {o.lr}; the paper's base lr is 0.05")
+        if not 0 <= o.momentum <= 1:
+            errors.append(
+                f"optim.momentum must be in [0, 1], got {o.momentum}; the paper uses 0.25"
+            )
+        if not o.weight_decay >= 0:
+            errors.append(f"optim.weight_decay must be >= 0, got {o.weight_decay}")
         if m.width is not None and m.name != "small_cnn":
             errors.append(f"model.width applies to small_cnn only, not {m.name!r}")
         ms = o.lr_milestones
@@ -272,12 +279,21 @@ class RunConfig:
                     raise ValueError(f"arithmetic='int8' needs grad_range <= 128, got {dr}")
             except (TypeError, ValueError) as exc:
                 errors.append(f"optim.grad_range_values: {exc}")
-        for i, mult in enumerate(o.lr_multipliers):
-            if o.lr > 0:
-                try:
-                    quantized_lr(o.lr * mult, qcfg)
-                except ValueError as exc:
-                    errors.append(f"optim.lr × lr_multipliers[{i}] = {o.lr * mult:g}: {exc}")
+        # The base lr must train; a scheduled lr (lr × a multiplier) may decay to one that
+        # quantizes to 0: those epochs apply no update (QSGD warns once) and the run finishes.
+        if o.lr > 0:
+            try:
+                lr_q = quantized_lr(o.lr, qcfg)
+            except ValueError as exc:
+                errors.append(f"optim.lr {o.lr:g}: {exc}")
+            else:  # whether quantized_lr raises for a zero result or returns it
+                if lr_q == 0:
+                    errors.append(
+                        f"optim.lr {o.lr:g} quantizes to 0 with {qcfg.lr} lr bits; use "
+                        f"lr >= {2.0**-qcfg.lr:g} or more lr bits (--quant.lr)"
+                    )
+        if any(not m >= 0 for m in o.lr_multipliers):
+            errors.append(f"optim.lr_multipliers must be >= 0, got {o.lr_multipliers}")
         if t.device not in ("cpu", "cuda"):
             errors.append(f"train.device must be 'cpu' or 'cuda', got {t.device!r}")
         if self.dist.backend not in ("auto", "gloo", "nccl"):
@@ -287,11 +303,16 @@ class RunConfig:
             )
         if not 2 <= self.dist.code_bits <= 31:
             errors.append(f"dist.code_bits must be in [2, 31], got {self.dist.code_bits}")
+        if not 0 < self.dist.timeout < float("inf"):
+            errors.append(f"dist.timeout must be a number of seconds > 0, got {self.dist.timeout}")
         if t.tensorboard:
             try:
                 import tensorboard  # noqa: F401
             except ImportError:
-                errors.append("train.tensorboard: true needs the tensorboard package")
+                errors.append(
+                    "train.tensorboard: true needs the tensorboard package: "
+                    'pip install "torch-wageubn[tensorboard]"'
+                )
         return errors
 
 

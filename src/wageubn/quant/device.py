@@ -1,0 +1,375 @@
+"""The quantizers without host synchronization: scales and exponents as 0-dim device tensors.
+
+Everything here is the arithmetic of ``wageubn.quant.functions`` (docs/WAGEUBN.md §1), value for
+value, written so that nothing is ever read back to the host:
+
+* ``round_log2`` — ``round(log2(amax))`` exactly, from the bits of ``amax`` (as float64: every
+  float32, subnormals included, is a normal float64), as an int64 tensor;
+* ``ldexp`` — ``x · 2^n`` for an integer tensor ``n``, in two exact power-of-two factors built from
+  their bit patterns (no ``pow``/``exp2`` whose rounding could differ between devices);
+* the quantizer kernels — ``direct``, ``clipped``, ``shift``, ``flag``, ``constant``, ``fit`` and
+  the two int8 planes of E2 — each one reduction (``max|x|``) plus one elementwise pass.
+
+NaN and Inf are not raised here (that would need a host read per quantizer). They propagate
+instead: a per-tensor scale built from a non-finite ``max|x|`` carries ``amax − amax`` (NaN) into
+every output element, so a bad value reaches the loss and the gradients, where ``QSGD`` checks once
+per step before it writes anything (docs/WAGEUBN.md §7). The public functions in
+``wageubn.quant.functions`` still check eagerly: they are the standalone API.
+
+Kernels take 1-D tensors (``flat`` gives any dense tensor's elements in memory order as a view) so
+that one compiled kernel serves every shape; see ``wageubn.quant.fusion`` for how they compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+
+import torch
+
+from .fusion import fused
+
+__all__ = [
+    "bound",
+    "clipped",
+    "const",
+    "constant",
+    "decode",
+    "direct",
+    "error2_planes",
+    "exp2i",
+    "fit",
+    "fit_exponent",
+    "flag",
+    "flat",
+    "is_dense",
+    "ldexp",
+    "nan_guard",
+    "q_clipped",
+    "q_constant",
+    "q_direct",
+    "q_error2",
+    "q_fit",
+    "q_flag",
+    "q_shift",
+    "round_log2",
+    "shift",
+    "unflat",
+]
+
+_MASK52 = (1 << 52) - 1
+# round(log2(m·2^e)) = e + [m > sqrt 2] for a float64 with significand 1.m (m the 52 stored bits):
+# 1 + m/2^52 > sqrt 2  <=>  m > floor(sqrt(2)·2^52) − 2^52, as sqrt 2 is irrational (no ties).
+_SQRT2_MANTISSA = math.isqrt(2 << 104) - (1 << 52)
+# r is clamped to a range every real exponent lies in, so that ldexp below stays in range even
+# for the meaningless r of an all-zero (or non-finite) tensor, whose output is zero (or NaN).
+_R_LIMIT = {torch.float32: 160, torch.float64: 1100}
+_EXP_BIAS = {torch.float32: (127, 23, torch.int32), torch.float64: (1023, 52, torch.int64)}
+
+
+def round_log2(amax: torch.Tensor) -> torch.Tensor:
+    """``round(log2(amax))`` (int64, same shape) for ``amax > 0``, exact; clamped to
+    ``±_R_LIMIT[dtype]`` so zero and non-finite ``amax`` give a harmless value."""
+    bits = amax.to(torch.float64).view(torch.int64)
+    e = (bits >> 52) & 0x7FF
+    r = e - 1023 + ((bits & _MASK52) > _SQRT2_MANTISSA).to(torch.int64)
+    limit = _R_LIMIT[amax.dtype if amax.dtype == torch.float64 else torch.float32]
+    return r.clamp(-limit, limit)
+
+
+def exp2i(n: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``2^n`` in ``dtype`` (float32 or float64) from its bit pattern; ``n`` must lie in the
+    normal range (float32: [−126, 127])."""
+    bias, shift, itype = _EXP_BIAS[dtype]
+    return ((n.to(itype) + bias) << shift).view(dtype)
+
+
+def ldexp(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``x · 2^n`` for an integer tensor ``n`` (float32 or float64 ``x``), as two power-of-two
+    factors that are each a normal float. Exact unless the result itself leaves the normal range;
+    an intermediate can underflow only when both factors shrink, and then the final value is far
+    below anything a quantizer keeps (it rounds to zero either way)."""
+    half = n >> 1
+    return x * exp2i(half, x.dtype) * exp2i(n - half, x.dtype)
+
+
+def nan_guard(amax: torch.Tensor) -> torch.Tensor:
+    """0 for a finite ``amax``, NaN for NaN or ±Inf: added to a result, it poisons the result."""
+    return amax - amax
+
+
+@functools.cache
+def const(value: float, dtype: torch.dtype, device: torch.device, tag: str = "") -> torch.Tensor:
+    """A cached 0-dim constant on ``device`` (made once: no host-to-device copy per step).
+
+    ``tag`` keeps constants of different roles distinct objects even when their values agree (a
+    compiled kernel guards on which of its arguments alias). Never modify the returned tensor."""
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+@functools.cache
+def bound(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded toward zero into ``dtype`` (float32 or float64), so a clip never leaves
+    the range (float32: ``2^(k−1) − 1`` for k >= 25 would otherwise round up to ``2^(k−1)``).
+    Pure Python: no tensor is made, nothing is read from a device."""
+    if dtype != torch.float32:
+        return float(value)
+    (nearest,) = struct.unpack("<f", struct.pack("<f", value))
+    if abs(nearest) > abs(value):  # one float32 step toward zero
+        (bits,) = struct.unpack("<I", struct.pack("<f", nearest))
+        (nearest,) = struct.unpack("<f", struct.pack("<I", bits - 1))
+    return nearest
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """The elements of ``x`` in memory order as a 1-D view (channels_last or any other dense
+    layout); a contiguous copy when ``x`` is not dense. ``unflat`` restores the layout."""
+    # detached: a kernel should see a plain tensor, not a view whose base it would guard on
+    if x.is_contiguous():
+        return x.view(-1).detach()
+    if is_dense(x):
+        return x.as_strided((x.numel(),), (1,), x.storage_offset()).detach()
+    return x.contiguous().view(-1).detach()
+
+
+def unflat(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A 1-D result of a kernel on ``flat(like)`` in ``like``'s shape and layout."""
+    if like.is_contiguous() or not is_dense(like):
+        return y.view(like.shape)
+    return y.as_strided(like.shape, like.stride())
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the strides, sorted, are the running products of the sizes."""
+    expected = 1
+    for size, stride in sorted(zip(x.shape, x.stride(), strict=True), key=lambda p: p[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+# -- the quantizer kernels: 1-D input, constants as 0-dim tensors of the input's dtype ----------
+
+
+@fused
+def direct(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """``Q(x, k) = round(x · 2^(k−1)) · 2^(1−k)``; ``up``/``down`` are ``2^(±(k−1))``."""
+    return torch.round(x * up) * down
+
+
+@fused
+def clipped(
+    x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, limit: torch.Tensor
+) -> torch.Tensor:
+    """``QC(x, k) = clip(Q(x, k), −limit, limit)`` with ``limit = 1 − 2^(1−k)`` (rounded toward 0)."""
+    return torch.clamp(torch.round(x * up) * down, -limit, limit)
+
+
+@fused
+def shift(x: torch.Tensor, bits: int, limit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SQ(x, k) = R · clip(round(x / R · 2^(k−1)), ±limit) · 2^(1−k)`` and ``r`` (``R = 2^r``).
+
+    ``limit`` is ``2^(k−1)`` (the paper's clip at ±1) or ``2^(k−1) − 1`` (int8 codes)."""
+    amax = x.abs().amax()
+    r = round_log2(amax)
+    codes = torch.clamp(torch.round(ldexp(x, (bits - 1) - r)), -limit, limit)
+    return ldexp(codes, r - (bits - 1)) + nan_guard(amax), r
+
+
+@fused
+def flag(
+    x: torch.Tensor, bits: int, levels: torch.Tensor, coarse_limit: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``FQ(x, k)`` and ``r``: with ``s = R/2^(k−1)`` and ``y = x/s``, ``|y| < 1`` takes
+    ``clip(round(|y|·2^(k−1)), 0, 2^(k−1)) · 2^(1−k)`` and ``|y| ≥ 1`` takes
+    ``clip(round(|y|), 0, 2^(k−1) − 1)``; the result is ``s · sign(y) · that``."""
+    amax = x.abs().amax()
+    r = round_log2(amax)
+    y = ldexp(x, (bits - 1) - r)
+    mag = y.abs()
+    fine = torch.clamp(torch.round(mag * levels), max=levels) / levels
+    coarse = torch.clamp(torch.round(mag), max=coarse_limit)
+    m = torch.where(mag < 1.0, fine, coarse) * torch.sign(y)
+    return ldexp(m, r - (bits - 1)) + nan_guard(amax), r
+
+
+@fused
+def constant(
+    x: torch.Tensor,
+    u: torch.Tensor | None,
+    bits: int,
+    dr: torch.Tensor,
+    dr_limit: torch.Tensor,
+) -> torch.Tensor:
+    """``CQ(x, k, dr) = clip(SR(dr · x / R), ±(dr − 1)) · 2^(−2(k−1))``: ``x / R`` first (exact),
+    then times ``dr``. ``u`` holds the uniform draws of ``SR`` (``None``: round to nearest)."""
+    amax = x.abs().amax()
+    v = ldexp(x, -round_log2(amax)) * dr
+    if u is None:
+        n = torch.round(v)
+    else:
+        fl = torch.floor(v)
+        n = fl + (u < v - fl).to(v.dtype)
+    n = torch.clamp(n, -dr_limit, dr_limit)
+    scale = exp2i(torch.full((), -2 * (bits - 1), dtype=torch.int64, device=x.device), x.dtype)
+    return n * scale + nan_guard(amax)
+
+
+def fit_exponent(amax: torch.Tensor, bits: int) -> torch.Tensor:
+    """The ``int8``-mode exponent of A from ``amax = max|x|`` (int64): the smallest ``e`` with
+    ``amax <= (2^(k−1) − 1) · 2^e``, and never below ``1 − k``.
+
+    ``round(log2 amax) = r`` gives ``amax >= 2^(r−1/2) > top·2^(r−k)``, so ``e`` is one of the
+    three exponents above ``r − k``: the answer counts how many of them are still too small."""
+    top = float(2 ** (bits - 1) - 1)
+    e0 = round_log2(amax) - bits
+    dtype = torch.float64 if amax.dtype == torch.float64 else torch.float32
+    a = amax.to(dtype)
+    step = sum((a > ldexp(torch.full_like(a, top), e0 + i)).to(torch.int64) for i in range(3))
+    return torch.clamp(e0 + step, min=1 - bits)
+
+
+@fused
+def fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A in ``int8`` mode: int8 codes ``round(x / 2^e)`` (within ±(2^(k−1) − 1)), ``e``
+    (``fit_exponent``), and the NaN guard of ``max|x|`` (0, or NaN when ``x`` was not finite)."""
+    amax = x.abs().amax()
+    e = fit_exponent(amax, bits)
+    codes = torch.round(ldexp(x, -e)).to(torch.int8)
+    return codes, e, nan_guard(amax)
+
+
+@fused
+def error2_planes(
+    g: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E2 = FQ(g, k) as int8 ``(coarse, fine)`` with ``FQ = coarse·2^e + fine·2^(e−k+1)``, ``e``,
+    and the NaN guard. ``f = round(g/s·2^(k−1))``, ``c = round(g/s)``: ``|f| < 2^(k−1)`` is the
+    fine regime, else coarse (where ``c = ±1`` also covers fine codes that round up to ±2^(k−1))."""
+    amax = g.abs().amax()
+    r = round_log2(amax)
+    top = float(2 ** (bits - 1) - 1)
+    f = torch.round(ldexp(g, 2 * (bits - 1) - r))
+    c = torch.clamp(torch.round(ldexp(g, (bits - 1) - r)), -top, top)
+    coarse_regime = f.abs() > top
+    fine_codes = torch.where(coarse_regime, 0.0, f).to(torch.int8)
+    coarse_codes = torch.where(coarse_regime, c, 0.0).to(torch.int8)
+    return coarse_codes, fine_codes, r - (bits - 1), nan_guard(amax)
+
+
+# -- the quantizers on tensors of any shape and layout (the sync-free entry points) -------------
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _c(value: float, dtype: torch.dtype, x: torch.Tensor, tag: str) -> torch.Tensor:
+    return const(float(value), dtype, x.device, tag)
+
+
+def _run(kernel, x: torch.Tensor, *args):
+    """``kernel(flat(x), *args)`` in float32/float64; tensor outputs of ``x``'s size come back in
+    ``x``'s shape, layout and (for float outputs) dtype."""
+    dtype = _compute_dtype(x)
+    xf = flat(x if x.dtype == dtype else x.to(dtype))
+    out = kernel(xf, *args)
+    like = x if x.dtype == dtype else x.to(dtype)
+
+    def back(t):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.numel() != x.numel():
+            return t
+        t = unflat(t, like)
+        return t.to(x.dtype) if t.is_floating_point() and t.dtype != x.dtype else t
+
+    return tuple(back(t) for t in out) if isinstance(out, tuple) else back(out)
+
+
+def q_direct(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``Q(x, k)`` on any tensor, without host reads (NaN/Inf propagate)."""
+    if x.numel() == 0:
+        return x.clone()
+    dt = _compute_dtype(x)
+    return _run(direct, x, _c(2.0 ** (bits - 1), dt, x, "up"), _c(2.0 ** (1 - bits), dt, x, "down"))
+
+
+def q_clipped(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``QC(x, k)`` on any tensor, without host reads."""
+    if x.numel() == 0:
+        return x.clone()
+    dt = _compute_dtype(x)
+    up, down = _c(2.0 ** (bits - 1), dt, x, "up"), _c(2.0 ** (1 - bits), dt, x, "down")
+    return _run(clipped, x, up, down, _c(bound(1.0 - 2.0 ** (1 - bits), dt), dt, x, "limit"))
+
+
+def q_shift(
+    x: torch.Tensor, bits: int, narrow_range: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SQ(x, k)`` and ``r`` (``R(x) = 2^r``; meaningless for an all-zero ``x``)."""
+    if x.numel() == 0:
+        return x.clone(), torch.zeros((), dtype=torch.int64, device=x.device)
+    dt = _compute_dtype(x)
+    levels = 2.0 ** (bits - 1)
+    limit = _c(bound(levels - 1, dt) if narrow_range else levels, dt, x, "limit")
+    return _run(shift, x, bits, limit)
+
+
+def q_flag(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``FQ(x, k)`` and ``r``."""
+    if x.numel() == 0:
+        return x.clone(), torch.zeros((), dtype=torch.int64, device=x.device)
+    dt = _compute_dtype(x)
+    levels = 2.0 ** (bits - 1)
+    return _run(
+        flag, x, bits, _c(levels, dt, x, "levels"), _c(bound(levels - 1, dt), dt, x, "limit")
+    )
+
+
+def q_constant(
+    x: torch.Tensor,
+    bits: int,
+    dr: int,
+    *,
+    generator: torch.Generator | None = None,
+    rounding: str = "stochastic",
+) -> torch.Tensor:
+    """``CQ(x, k, dr)``; the uniform draws are ``torch.rand(x.shape, generator=generator)`` in
+    ``x``'s dtype, element ``i`` of the draws for logical element ``i`` of ``x``."""
+    if x.numel() == 0:
+        return x.clone()
+    dt = _compute_dtype(x)
+    u = None
+    if rounding == "stochastic":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if not x.is_contiguous():  # the draws follow x's layout, element by element
+            u = torch.empty_like(x).copy_(u)
+        u = flat(u.to(dt))
+    return _run(constant, x, u, bits, _c(dr, dt, x, "dr"), _c(dr - 1, dt, x, "limit"))
+
+
+def decode(codes: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``codes · 2^e`` as ``dtype`` (computed in float32/float64; exact while it is representable)."""
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    return ldexp(codes.to(wide), e).to(dtype)
+
+
+def q_fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A of the ``int8`` mode: int8 codes (``x``'s layout), exponent ``e`` and NaN guard."""
+    if x.numel() == 0:
+        zero = torch.zeros((), dtype=torch.int64, device=x.device)
+        return x.to(torch.int8), zero + (1 - bits), torch.zeros((), device=x.device)
+    return _run(fit, x, bits)
+
+
+def q_error2(
+    g: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E2 of the ``int8`` mode: int8 ``(coarse, fine)`` planes in ``g``'s layout, ``e``, guard."""
+    if g.numel() == 0:
+        zero = torch.zeros((), dtype=torch.int64, device=g.device)
+        return g.to(torch.int8), g.to(torch.int8), zero, torch.zeros((), device=g.device)
+    return _run(error2_planes, g, bits)
