@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -45,8 +46,75 @@ def assert_one_line_error(code: int, err: str) -> str:
 
 
 def test_list_models(capsys):
+    """One row per model: name, parameter count, input shape, classes."""
     code, out, _ = run(capsys, "list-models")
-    assert code == 0 and out.split() == list_models()
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:2] == ["model", "parameters"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert sorted(rows) == list_models()
+    assert rows["small_cnn"] == ["54,778", "1×28×28", "10"]  # width 16, as created by default
+    assert rows["preact_resnet20"][1:] == ["3×32×32", "10"]
+    assert rows["preact_resnet50"][1:] == ["3×224×224", "1000"]
+
+
+def test_version(capsys):
+    import wageubn
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"wageubn {wageubn.__version__}"
+
+
+def test_every_option_has_help():
+    """Every option and positional of every command says what it is for in --help."""
+    parser, _ = cli.build_parser()
+    missing = []
+
+    def walk(p, prefix):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{prefix} {name}")
+            elif action.help is None:
+                missing.append(f"{prefix} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser, "wageubn")
+    assert missing == []
+
+
+def test_config_show(capsys, config):
+    """config show prints the resolved config as YAML that loads back to the same config, every
+    key with its meaning and default; train --help points at it."""
+    import yaml
+
+    from wageubn.train import load_run_config
+
+    code, out, _ = run(capsys, "config", "show", str(config), "--optim.lr", "0.125",
+                       "--quant.error2", "16")  # fmt: skip
+    assert code == 0
+    cfg = load_run_config(config, ["--optim.lr", "0.125", "--quant.error2", "16"])
+    assert load_run_config(None, _flat(yaml.safe_load(out))) == cfg
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if ":" in line}
+    assert "# Base learning rate" in lines["lr"] and "[default: 0.05]" in lines["lr"]
+    assert lines["lr"].startswith("  lr: 0.125 ")
+    assert "[preset paper: 8]" in lines["error2"]
+    assert "[default: null]" in lines["max_steps"] and "[default: 128]" in lines["batch_size"]
+    assert lines["# grad_range"].startswith("  # grad_range: 128")  # resolved preset, as comment
+    line = assert_one_line_error(*run(capsys, "config", "show", "--optim.lrr", "1")[::2])
+    assert "did you mean 'optim.lr'" in line
+    proc = subprocess.run([sys.executable, "-m", "wageubn", "train", "--help"],
+                          capture_output=True, text=True, timeout=120,
+                          env=_env_with_this_checkout())  # fmt: skip
+    assert "wageubn config show" in " ".join(proc.stdout.split())
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def test_unknown_override_key_suggests(capsys, config):
@@ -201,6 +269,13 @@ def test_training_failure_exit_1(capsys, config, tmp_path):
     assert code == 1 and "training stopped at epoch 0 step" in err
 
 
+def _env_with_this_checkout() -> dict[str, str]:
+    """The environment with this checkout's src/ first on the path (a relative PYTHONPATH=src
+    would not survive a change of directory)."""
+    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def test_python_dash_m(tmp_path):
     """`python -m wageubn` is the same CLI."""
     proc = subprocess.run(
@@ -209,9 +284,10 @@ def test_python_dash_m(tmp_path):
         text=True,
         cwd=tmp_path,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO / "src")},  # this checkout's package
+        env=_env_with_this_checkout(),
     )
-    assert proc.returncode == 0 and proc.stdout.split() == list_models()
+    assert proc.returncode == 0
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == list_models()
 
 
 def test_command_modules_registration_hook(capsys, monkeypatch, tmp_path):

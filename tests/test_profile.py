@@ -204,3 +204,24 @@ def test_cli_user_errors(argv, match):
 def test_unknown_model_is_a_profile_error():
     with pytest.raises(ProfileError, match="small_cnn"):
         profile_step("small_cn", "fp32", batch=2)
+
+
+def test_group_small_folds_categories_and_keeps_totals():
+    """Categories under 3 % of every bar fold into one "other"; at most 8 stay, largest first."""
+    from wageubn.profile.report import group_small
+
+    bars = [
+        {"mac fp32": 900.0, "add fp32": 60.0, "add bool": 1.0, "mul fp64": 0.5},
+        {"mac int8": 100.0, "mul fp32": 40.0, "add bool": 2.0, "add int64": 1.0, "add fp32": 1.0},
+    ]
+    keys, grouped = group_small(bars)
+    assert keys == ["mac fp32", "mac int8", "add fp32", "mul fp32", "other (3 types)"]
+    for before, after in zip(bars, grouped, strict=True):
+        assert sum(after.values()) == pytest.approx(sum(before.values()))
+    assert grouped[1]["other (3 types)"] == 3.0 and grouped[0]["add fp32"] == 60.0
+    many = [{f"c{i}": 10.0 + i for i in range(12)}]
+    keys, grouped = group_small(many)
+    assert len(keys) == 9 and keys[:2] == ["c11", "c10"] and keys[-1] == "other (4 types)"
+    assert grouped[0]["other (4 types)"] == 10 + 11 + 12 + 13
+    one = [{"big": 100.0, "tiny": 0.1}]
+    assert group_small(one)[0] == ["big", "tiny"]  # a single small category keeps its name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -372,6 +373,28 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, resume_from):
     assert rows_without_timing(straight["run_dir"]) == rows
 
 
+def test_elapsed_s_counts_on_across_a_resume(tmp_path, monkeypatch):
+    """elapsed_s continues from the checkpoint's time after a resume instead of restarting at 0:
+    a fake clock that jumps 1000 s between the two processes is not counted."""
+    clock = {"now": 0.0}
+
+    def tick():  # every call advances the run's clock by 1 s
+        clock["now"] += 1.0
+        return clock["now"]
+
+    monkeypatch.setattr(loop_module.time, "perf_counter", tick)
+    first = train(tiny(tmp_path, train__max_steps=5, train__checkpoint_every_steps=None))
+    saved = load_checkpoint(first["last_checkpoint"])["elapsed_s"]
+    before = [r["elapsed_s"] for r in read_metrics(first["run_dir"])]
+    assert before and saved > before[-1]
+    clock["now"] += 1000.0  # the pause between the two processes
+    train(tiny(tmp_path, train__checkpoint_every_steps=None), resume=first["run_dir"])
+    rows = read_metrics(first["run_dir"])
+    after = [r["elapsed_s"] for r in rows[len(before) :]]
+    assert after and saved < after[0] < saved + 100  # counts on from the checkpoint, no pause
+    assert [r["elapsed_s"] for r in rows] == sorted(r["elapsed_s"] for r in rows)
+
+
 def _nan_at(call: int):
     real = loop_module.load_dataset
 
@@ -493,22 +516,35 @@ def test_imagenet_config_on_a_tiny_imagefolder(tmp_path):
     ]
 
 
+class _Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def test_progress_bar_and_log_lines(caplog):
-    """The terminal bar shows loss, accuracy, images/s and ETA; the log form every N steps."""
-    import io
+    """On a terminal a tqdm bar shows epoch, step/total, loss, accuracy, images/s and the ETA;
+    messages print above it; otherwise log lines every N steps."""
     import logging
 
-    from wageubn.train.progress import LogProgress, ProgressBar
+    from wageubn.train.progress import BarProgress, LogProgress, progress_for
 
     stats = {"loss": 0.5, "acc": 0.875, "lr_q": 0.0625, "grad_range": 128, "images_per_s": 1234.0}
-    stream = io.StringIO()
-    bar = ProgressBar(stream, width=10, min_interval=0.0)
+    stream = _Terminal()
+    bar = progress_for(stream)
+    assert isinstance(bar, BarProgress)
+    assert isinstance(progress_for(io.StringIO()), LogProgress)  # not a terminal
+    assert isinstance(progress_for(stream, enabled=False), LogProgress)  # --no-progress
     bar.start(0, 10)
     bar.update(5, 0, stats)
     bar.message("epoch 0: test accuracy 0.9")
+    bar.update(10, 1, stats)
+    bar.close()
     text = stream.getvalue()
-    assert "[#####.....] 5/10 loss 0.5000 acc 0.8750 1234 img/s eta" in text
-    assert "\r\033[Kepoch 0: test accuracy 0.9\n" in text
+    assert "epoch 1: 100%" in text and "10/10 [" in text
+    assert "loss 0.5000 acc 0.8750 1234 img/s" in text
+    assert "epoch 0: test accuracy 0.9\n" in text
     with caplog.at_level(logging.INFO, logger="wageubn.train"):
         log = LogProgress(every=4)
         log.start(0, 10)
@@ -516,3 +552,39 @@ def test_progress_bar_and_log_lines(caplog):
             log.update(step, 0, stats)
     steps = [r.getMessage().split()[3] for r in caplog.records]
     assert steps == ["4/10", "8/10", "10/10"]
+
+
+def test_tracked_loops(caplog, tmp_path):
+    """Other loops (eval, predict, profile) get a bar that disappears when done on a terminal, or a
+    log line every `interval` seconds; the items pass through unchanged."""
+    import logging
+
+    from wageubn.train.progress import BarProgress, LogProgress
+
+    stream = _Terminal()
+    tracked = BarProgress(stream, mininterval=0.0).track(
+        range(7), total=7, desc="eval", unit="batch"
+    )
+    assert list(tracked) == list(range(7))
+    assert "eval: 100%" in stream.getvalue() and "7/7" in stream.getvalue()
+    with caplog.at_level(logging.INFO, logger="wageubn.train"):
+        assert list(LogProgress(interval=0.0).track("abc", total=3, desc="predict")) == [
+            "a",
+            "b",
+            "c",
+        ]
+        quiet = list(LogProgress(interval=3600.0).track("abc", total=3, desc="quiet"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert quiet == ["a", "b", "c"] and not any(line.startswith("quiet") for line in lines)
+    assert lines[0].startswith("predict 0/3 it, 00:00 elapsed, eta ?")
+    assert lines[-1].startswith("predict 2/3 it")
+    # evaluate() tracks its batches: the 10000 test images at batch 2500 are 4 batches
+    cfg = tiny(tmp_path, train__max_steps=1)
+    result = train(cfg)
+    stream = _Terminal()
+    from wageubn.train import evaluate_checkpoint
+
+    r = evaluate_checkpoint(
+        result["last_checkpoint"], batch_size=2500, progress=BarProgress(stream, mininterval=0.0)
+    )
+    assert r["images"] == 10000 and "4/4" in stream.getvalue()

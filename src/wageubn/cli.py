@@ -4,6 +4,8 @@
     wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N]
     wageubn list-models
     wageubn plot RUN [RUN ...] [--out curves.png] [--x epoch|step]
+    wageubn config show [CONFIG.yaml] [--dotted.key VALUE ...]
+    wageubn --version
 
 Adding a command (docs/training.md, "Adding a command"): write a module with
 
@@ -21,15 +23,16 @@ module's optional ``USER_ERRORS`` tuple): ``main`` prints it as one line on stde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["COMMAND_MODULES", "UsageError", "console_main", "main"]
+__all__ = ["COMMAND_MODULES", "UsageError", "command_progress", "console_main", "main"]
 
 # Modules that register subcommands, in --help order. Each exposes add_parser(subparsers).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -59,7 +62,6 @@ class _Parser(argparse.ArgumentParser):
 def train_command(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
     from .train.loop import config_from_checkpoint
-    from .train.progress import LogProgress, ProgressBar
 
     if args.config is None and args.resume is None:
         raise UsageError("wageubn train: give a CONFIG.yaml, or --resume RUN_DIR")
@@ -67,18 +69,14 @@ def train_command(args: argparse.Namespace) -> int:
         cfg = load_run_config(args.config, args.overrides)
     else:
         cfg = config_from_checkpoint(args.resume, args.overrides)
-    _configure_logging()
-    if sys.stderr.isatty() and not args.no_progress:
-        progress = ProgressBar(sys.stderr)
-    else:
-        progress = LogProgress(cfg.train.log_every)
-    result = train(
-        cfg,
-        resume=args.resume,
-        progress=progress,
-        command=["wageubn", *args.argv],
-        handle_signals=True,
-    )
+    with command_progress(enabled=not args.no_progress, log_every=cfg.train.log_every) as progress:
+        result = train(
+            cfg,
+            resume=args.resume,
+            progress=progress,
+            command=["wageubn", *args.argv],
+            handle_signals=True,
+        )
     ev = result["eval"]
     summary = f"{result['status']} after {result['step']} steps; run directory {result['run_dir']}"
     if ev is not None:
@@ -91,7 +89,11 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from .train import evaluate_checkpoint
 
-    r = evaluate_checkpoint(args.checkpoint, args.split, root=args.root, batch_size=args.batch_size)
+    with command_progress() as progress:
+        r = evaluate_checkpoint(
+            args.checkpoint, args.split, root=args.root, batch_size=args.batch_size,
+            progress=progress,
+        )  # fmt: skip
     print(
         f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
         f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
@@ -102,44 +104,86 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def list_models_command(args: argparse.Namespace) -> int:
-    from .models import list_models
+    from .models import list_models, model_info
 
-    print("\n".join(list_models()))
+    rows = [("model", "parameters", "input (C×H×W)", "classes")]
+    for name in list_models():
+        info = model_info(name)
+        shape = "×".join(map(str, info.input_shape)) if info.input_shape else "-"
+        rows.append((name, f"{info.parameters:,}", shape, str(info.num_classes or "-")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}")
     return 0
 
 
 def plot_command(args: argparse.Namespace) -> int:
     from .train.plots import plot_runs
 
-    out = plot_runs(args.runs, args.out, x=args.x)
+    try:
+        out = plot_runs(args.runs, args.out, x=args.x)
+    except ValueError as exc:  # runs without rows yet
+        raise UsageError(str(exc)) from None
     print(f"wrote {out}")
     return 0
 
 
+def config_show_command(args: argparse.Namespace) -> int:
+    from .train import load_run_config
+    from .train.configdoc import format_config
+
+    cfg = load_run_config(args.config, args.overrides)
+    source = " ".join([args.config or "(defaults)", *args.overrides])
+    print(format_config(cfg, source=source), end="")
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
-    """Register train, eval, list-models and plot."""
+    """Register train, eval, list-models, plot and config."""
     p = subparsers.add_parser("train", help="train a model from a YAML run config")
     p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
     p.add_argument("--resume", metavar="RUN_DIR_or_CKPT", help="continue from a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="log lines even on a terminal")
     p.set_defaults(func=train_command, takes_overrides=True)
-    p.epilog = "Any config key can be overridden: --optim.lr 0.0625 --train.epochs 2"
+    p.epilog = (
+        "Any config key can be overridden: --optim.lr 0.0625 --train.epochs 2. Every key, its "
+        "meaning and its default: wageubn config show [CONFIG.yaml] [overrides]"
+    )
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a data split")
     p.add_argument("checkpoint", help="a .pt checkpoint or a run directory (its last.pt)")
     p.add_argument("--split", default=None, help="default: the run's data.eval_split")
     p.add_argument("--root", default=None, help="data root (default: the run's data.root)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="default: data.eval_batch_size")
     p.set_defaults(func=eval_command)
 
-    p = subparsers.add_parser("list-models", help="names accepted by model.name")
+    p = subparsers.add_parser(
+        "list-models", help="names accepted by model.name, with parameters and input size"
+    )
     p.set_defaults(func=list_models_command)
 
     p = subparsers.add_parser("plot", help="training curves of one or more runs as a PNG")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", default="curves.png", help="PNG file to write (default curves.png)")
-    p.add_argument("--x", choices=("epoch", "step"), default="epoch", help="eval x axis")
+    p.add_argument(
+        "--x",
+        choices=("epoch", "step"),
+        default="epoch",
+        help="x axis: epochs (counted from 0, as in the logs; default) or optimizer steps",
+    )
     p.set_defaults(func=plot_command)
+
+    p = subparsers.add_parser("config", help="run configs: config show prints every key")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser(
+        "show",
+        help="the resolved run config as YAML, each key with its meaning and default",
+        description="Print CONFIG.yaml (or the defaults) with the dotted overrides applied, as "
+        "YAML that `wageubn train` accepts; each key commented with its meaning and default.",
+    )
+    p.add_argument("config", nargs="?", help="run config (YAML); omitted: the defaults")
+    p.set_defaults(func=config_show_command, takes_overrides=True)
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -170,9 +214,30 @@ def _configure_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
+@contextlib.contextmanager
+def command_progress(*, enabled: bool = True, log_every: int = 50) -> Iterator[Any]:
+    """The feedback of a command's long loops (a `wageubn.train.progress.Progress`): tqdm bars
+    when stderr is a terminal (and ``enabled``), else log lines on stderr. While bars are drawn,
+    log records go through ``tqdm.write`` so that they do not tear the bars."""
+    from .train.progress import BarProgress, progress_for
+
+    _configure_logging()
+    progress = progress_for(sys.stderr, enabled=enabled, log_every=log_every)
+    if isinstance(progress, BarProgress):
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():
+            yield progress
+    else:
+        yield progress
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
     """The parser with every command module registered, and the user-error types they declare."""
+    from . import __version__
+
     parser = _Parser(prog="wageubn", description="WAGEUBN full 8-bit integer training")
+    parser.add_argument("--version", action="version", version=f"wageubn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     user_errors: tuple[type[BaseException], ...] = ()
@@ -222,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser, extra = build_parser()
         user_errors += extra
         rest, overrides = _split_overrides(argv)
-        args = parser.parse_args(rest)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exc:  # --help, --version: printed, done
+            return 0 if exc.code is None else int(exc.code)
         if overrides and not getattr(args, "takes_overrides", False):
             raise UsageError(f"wageubn {args.command}: unexpected argument {overrides[0]}")
         args.overrides, args.argv = overrides, argv

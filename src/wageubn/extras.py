@@ -1,11 +1,12 @@
 """Optional dependencies (the extras of ``pyproject.toml``): import one, or say how to install it.
 
-=============  ===========  ===============================================================
-module         extra        needed by
-=============  ===========  ===============================================================
-matplotlib     ``plot``     ``wageubn plot``, ``wageubn inspect`` heat maps, ``profile --plot``
-safetensors    ``export``   ``wageubn export`` / ``predict`` / ``dump-step``, ``wageubn.deploy``
-=============  ===========  ===============================================================
+=============  ===============  ===========================================================
+module         extra            needed by
+=============  ===============  ===========================================================
+matplotlib     ``plot``         ``wageubn plot``, ``wageubn inspect`` heat maps, ``profile --plot``
+safetensors    ``export``       ``wageubn export`` / ``predict`` / ``dump-step``, ``wageubn.deploy``
+tensorboard    ``tensorboard``  ``train.tensorboard: true`` (checked when the config loads)
+=============  ===============  ===========================================================
 """
 
 from __future__ import annotations

@@ -74,14 +74,19 @@ def evaluate_integer(
     reference: torch.nn.Module | None = None,
     *,
     batch_size: int = 1000,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Run an ``IntegerModel`` over uint8 ``images``: accuracy (with ``labels``), throughput, and
     with ``reference`` (the eval-mode quantized float model) the prediction agreement, the number
-    of images whose logits differ, and the max |logit difference| (float64)."""
+    of images whose logits differ, and the max |logit difference| (float64). ``progress`` (a
+    `wageubn.train.progress.Progress`, optional) tracks the batches."""
     preds, seconds, agree, differ, max_diff = [], 0.0, 0, 0, 0.0
     mean = [float(m) for m in model.mean]
     std = [float(s) for s in model.std]
-    for i in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    if progress is not None:
+        starts = progress.track(starts, total=len(starts), desc="predict", unit="batch")
+    for i in starts:
         batch = images[i : i + batch_size]
         t0 = time.perf_counter()
         logits = model(batch)
@@ -159,8 +164,13 @@ def predict_command(args: argparse.Namespace) -> int:
         source = str(args.images)
     if args.limit is not None:
         images = images[: args.limit]
+    from ..cli import command_progress
+
     reference = model_from_checkpoint(args.compare)[0] if args.compare else None
-    r = evaluate_integer(model, images, labels, reference, batch_size=args.batch_size)
+    with command_progress() as progress:
+        r = evaluate_integer(
+            model, images, labels, reference, batch_size=args.batch_size, progress=progress
+        )
     line = f"{source}: {r['images']} images"
     if "accuracy" in r:
         line += f", accuracy {r['accuracy']:.4f}"
@@ -221,7 +231,7 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("predict", help="integer-only inference with an exported model")
     p.add_argument("model", help="an exported .safetensors model")
     p.add_argument("--data", default=None, help="a data set name (mnist, ...)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split of --data (default test)")
     p.add_argument("--root", default=None, help="data root (default: the data set's own)")
     p.add_argument("--images", default=None, help=".npy uint8 N×H×W[×C] or a directory of PNGs")
     p.add_argument("--labels", default=None, help=".npy int labels for --images")
@@ -231,23 +241,43 @@ def add_parser(subparsers: Any) -> None:
         metavar="CHECKPOINT",
         help="also run the checkpoint's quantized model: agreement, logit difference",
     )
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1000, help="images per batch (default 1000)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument(
         "--backend", default="auto", help="wageubn.kernels backend (auto, cpu, reference)"
     )
     p.set_defaults(func=predict_command)
 
-    p = subparsers.add_parser("dump-step", help="golden tensors of one training step")
-    p.add_argument("--model", default="small_cnn")
-    p.add_argument("--preset", default="paper", choices=("paper", "paper_e2_16", "int8"))
+    p = subparsers.add_parser(
+        "dump-step",
+        help="golden tensors of one training step",
+        description="Run one training step of a quantized model on a real batch and write every "
+        "W, A, E1, E2, G, U and BN quantity as integer codes (docs/golden-tensors.md).",
+    )
+    p.add_argument("--model", default="small_cnn", help="a registered model (default small_cnn)")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=("paper", "paper_e2_16", "int8"),
+        help="quantization preset (default paper)",
+    )
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.add_argument("--seed", type=int, default=0, help="init, batch choice and G's rounding")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--width", type=int, default=None, help="small_cnn width")
-    p.add_argument("--lr", type=float, default=0.0625)
-    p.add_argument("--data", default="mnist")
-    p.add_argument("--root", default=None)
-    p.add_argument("--quantize-stem", action="store_true")
-    p.add_argument("--quantize-head", action="store_true")
+    p.add_argument("--batch", type=int, default=32, help="images in the step (default 32)")
+    p.add_argument("--width", type=int, default=None, help="small_cnn width (default 16)")
+    p.add_argument(
+        "--lr", type=float, default=0.0625, help="learning rate of the update (default 0.0625)"
+    )
+    p.add_argument("--data", default="mnist", help="data set the batch comes from (default mnist)")
+    p.add_argument("--root", default=None, help="data root (default: the data set's own)")
+    p.add_argument(
+        "--quantize-stem",
+        action="store_true",
+        help="also quantize the first conv (float by default)",
+    )
+    p.add_argument(
+        "--quantize-head",
+        action="store_true",
+        help="also quantize the last linear layer (float by default)",
+    )
     p.set_defaults(func=dump_step_command)

@@ -1,7 +1,15 @@
 """Quantization diagnostics: per-layer statistics of W, A, G, E, U and BN during training."""
 
-from .inspect import heatmaps, load_rows, summarize
+from .inspect import detail_map, load_rows, overview_map, select, summarize
 from .recorder import Diagnostics
 from .stats import quantizer_stats
 
-__all__ = ["Diagnostics", "heatmaps", "load_rows", "quantizer_stats", "summarize"]
+__all__ = [
+    "Diagnostics",
+    "detail_map",
+    "load_rows",
+    "overview_map",
+    "quantizer_stats",
+    "select",
+    "summarize",
+]

@@ -11,17 +11,35 @@ For a call ``after = quantizer(before)``:
 * ``over_range`` — for ``Q``: fraction of outputs whose codes need more than ``k`` signed bits (the
   paper's "8-bit" A, x̂, γ, β are unbounded fixed point, §8.3);
 * ``unchanged`` — for U (``before`` = weights before the step): fraction of weights that did not move.
+
+`code_histogram` counts the integer codes of one call (``after`` divided by its grid step) in
+buckets over the role's nominal code range, so that the histograms of every layer of a role add
+up (TensorBoard's ``codes/ROLE``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..quant import pow2_exponent
+from ..quant import fit_exponent, pow2_exponent
 
-__all__ = ["quantizer_stats"]
+__all__ = ["CodeHistogram", "code_histogram", "code_limit", "quantizer_stats"]
+
+MAX_BUCKETS = 512  # 8-bit codes (257 values) get one bucket each; wider ranges share buckets
+
+
+def _grid_step(kind: str, bits: int, r: int | None) -> float:
+    """The step of the grid the output lies on (0 for an all-zero SQ/FQ input); for ``fit`` the
+    finest grid it can use (its outputs lie on multiples of it)."""
+    return {
+        "SQ": 2.0 ** (r - (bits - 1)) if r is not None else 0.0,
+        "FQ": 2.0 ** (r - 2 * (bits - 1)) if r is not None else 0.0,
+        "CQ": 2.0 ** (-2 * (bits - 1)),
+    }.get(kind, 2.0 ** (1 - bits))
 
 
 def _frac(mask: torch.Tensor, n: int) -> float:
@@ -56,11 +74,7 @@ def quantizer_stats(
     r = pow2_exponent(x) if n else None
     nonzero = x != 0
     levels = 2.0 ** (bits - 1)
-    lsb = {
-        "SQ": 2.0 ** (r - (bits - 1)) if r is not None else 0.0,
-        "FQ": 2.0 ** (r - 2 * (bits - 1)) if r is not None else 0.0,
-        "CQ": 2.0 ** (-2 * (bits - 1)),
-    }.get(kind, 2.0 ** (1 - bits))
+    lsb = _grid_step(kind, bits, r)
     stats: dict[str, Any] = {
         "numel": n,
         "exponent": r,
@@ -85,3 +99,76 @@ def quantizer_stats(
         stats.pop("underflow")
         stats["saturation"] = 0.0
     return stats
+
+
+@dataclass
+class CodeHistogram:
+    """Counts of integer codes in ``len(counts)`` buckets of ``width`` codes from ``-limit``
+    (codes beyond ``±limit`` — ``Q``'s over-range — are counted in the end buckets), with the
+    sums TensorBoard's histograms want (over the clamped codes)."""
+
+    limit: int
+    width: int
+    counts: torch.Tensor  # (buckets,) int64
+    num: int = 0
+    total: float = 0.0
+    total_squares: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+
+    def add(self, other: CodeHistogram) -> None:
+        """Add ``other`` (same ``limit`` and ``width``) into this one."""
+        if (other.limit, other.width) != (self.limit, self.width):
+            raise ValueError("CodeHistogram.add: different code ranges")
+        self.counts += other.counts
+        self.num += other.num
+        self.total += other.total
+        self.total_squares += other.total_squares
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+
+    def bucket_limits(self) -> list[float]:
+        """The right edge of every bucket, in codes (``c + 0.5`` for one-code buckets)."""
+        return [-self.limit + (i + 1) * self.width - 0.5 for i in range(len(self.counts))]
+
+
+def code_limit(kind: str, bits: int, dr: int | None = None) -> int:
+    """The largest |code| a quantizer of ``kind`` can give at ``bits``: QC ``2^(k−1) − 1``, CQ
+    ``dr − 1``, FQ ``2^(2(k−1))`` (codes of its fine step), Q/SQ/fit ``2^(k−1)``."""
+    if kind == "QC":
+        return 2 ** (bits - 1) - 1
+    if kind == "CQ" and dr is not None:
+        return dr - 1
+    if kind in ("FQ", "CQ"):
+        return 2 ** (2 * (bits - 1))
+    return 2 ** (bits - 1)
+
+
+def code_histogram(
+    before: torch.Tensor, after: torch.Tensor, kind: str, bits: int, *, dr: int | None = None
+) -> CodeHistogram:
+    """The codes of one call ``after = quantizer(before)``: ``round(after / step)`` with the
+    step of its grid, bucketed over ``[−code_limit, code_limit]``."""
+    x, y = before.detach(), after.detach()
+    limit = code_limit(kind, bits, dr)
+    width = -(-(2 * limit + 1) // MAX_BUCKETS)  # ceil
+    buckets = 2 * limit // width + 1
+    n = y.numel()
+    r = pow2_exponent(x) if n else None
+    step = 2.0 ** fit_exponent(x, bits) if kind == "fit" and n else _grid_step(kind, bits, r)
+    if n == 0 or step == 0.0:  # no elements, or all zero (SQ/FQ of zeros)
+        codes = torch.zeros(n, dtype=torch.float64)
+    else:
+        codes = torch.round(y.to(torch.float64).flatten() * (1.0 / step))
+    codes = codes.clamp_(-limit, limit)
+    index = torch.div(codes + limit, width, rounding_mode="floor").to(torch.int64)
+    counts = torch.bincount(index, minlength=buckets).cpu()
+    return CodeHistogram(
+        limit=limit,
+        width=width,
+        counts=counts,
+        num=n,
+        total=float(codes.sum()),
+        total_squares=float((codes * codes).sum()),
+        min=float(codes.min()) if n else math.inf,
+        max=float(codes.max()) if n else -math.inf,
+    )

@@ -126,7 +126,7 @@ class PreActResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-@register_model
+@register_model(image_size=224)
 def preact_resnet18(num_classes: int = 1000, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-18 (ImageNet layout, 224² inputs)."""
     return PreActResNet(
@@ -135,7 +135,7 @@ def preact_resnet18(num_classes: int = 1000, in_channels: int = 3) -> PreActResN
     )  # fmt: skip
 
 
-@register_model
+@register_model(image_size=224)
 def preact_resnet34(num_classes: int = 1000, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-34 (ImageNet layout)."""
     return PreActResNet(
@@ -144,7 +144,7 @@ def preact_resnet34(num_classes: int = 1000, in_channels: int = 3) -> PreActResN
     )  # fmt: skip
 
 
-@register_model
+@register_model(image_size=224)
 def preact_resnet50(num_classes: int = 1000, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-50 (ImageNet layout, bottleneck blocks)."""
     return PreActResNet(
@@ -161,19 +161,19 @@ def _cifar(depth: int, num_classes: int, in_channels: int) -> PreActResNet:
     )  # fmt: skip
 
 
-@register_model
+@register_model(image_size=32)
 def preact_resnet20(num_classes: int = 10, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-20 for 32×32 (or 28×28) inputs."""
     return _cifar(20, num_classes, in_channels)
 
 
-@register_model
+@register_model(image_size=32)
 def preact_resnet32(num_classes: int = 10, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-32 for 32×32 inputs."""
     return _cifar(32, num_classes, in_channels)
 
 
-@register_model
+@register_model(image_size=32)
 def preact_resnet56(num_classes: int = 10, in_channels: int = 3) -> PreActResNet:
     """Pre-activation ResNet-56 for 32×32 inputs."""
     return _cifar(56, num_classes, in_channels)

@@ -49,7 +49,7 @@ class SmallCNN(nn.Module):
         return self.fc(self.flatten(self.resize(x)))
 
 
-@register_model
+@register_model(image_size=28)
 def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> SmallCNN:
     """The small CNN for 28×28 inputs (about 60k parameters at width 16)."""
     return SmallCNN(num_classes=num_classes, in_channels=in_channels, width=width)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import WAGEUBNConfig
 from ..convert import quantize_
-from ..models import create_model
+from ..models import create_model, list_models, model_info
 from ..optim import QSGD
 from .counter import OpCounter, dtype_label, grid_bits
 from .energy import MEMORY_PJ_PER_64BIT, SOURCE, TABLE, OpType
@@ -41,11 +41,6 @@ __all__ = [
     "plot_profiles",
     "profile_step",
 ]
-
-# Default input (H, W) of the registered models; any other model needs input_size.
-DEFAULT_INPUT = {"small_cnn": 28, "preact_resnet18": 224, "preact_resnet34": 224,
-                 "preact_resnet50": 224, "preact_resnet20": 32, "preact_resnet32": 32,
-                 "preact_resnet56": 32}  # fmt: skip
 
 
 class ProfileError(ValueError):
@@ -70,11 +65,13 @@ def _input_shape(model: nn.Module, name: str, input_size) -> tuple[int, ...]:
     if isinstance(first, nn.Linear):
         return (first.in_features,)
     if input_size is None:
-        if name not in DEFAULT_INPUT:
+        # a registered model's own image size (wageubn list-models); any other needs input_size
+        shape = model_info(name).input_shape if name in list_models() else None
+        if shape is None:
             raise ProfileError(
                 f"profile_step: give input_size=(H, W) for {name} (no default input size)"
             )
-        input_size = DEFAULT_INPUT[name]
+        input_size = shape[1]
     size = (
         (input_size, input_size) if isinstance(input_size, numbers.Integral) else tuple(input_size)
     )

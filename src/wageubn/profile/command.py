@@ -67,17 +67,21 @@ def run(args: argparse.Namespace) -> int:
             WAGEUBNConfig.preset(preset)
         except ValueError as exc:
             raise ProfileError(f"--preset: {exc}") from None
+    from ..cli import command_progress
+
     profiles = {}
-    for preset in dict.fromkeys(["fp32", *presets]):
-        profiles[preset] = profile_step(
-            args.model,
-            preset,
-            args.batch,
-            input_size=args.input_size,
-            num_classes=args.num_classes,
-            seed=args.seed,
-            memory_level=args.memory,
-        )
+    todo = list(dict.fromkeys(["fp32", *presets]))
+    with command_progress() as progress:
+        for preset in progress.track(todo, total=len(todo), desc="profile", unit="preset"):
+            profiles[preset] = profile_step(
+                args.model,
+                preset,
+                args.batch,
+                input_size=args.input_size,
+                num_classes=args.num_classes,
+                seed=args.seed,
+                memory_level=args.memory,
+            )
     for preset in presets:
         print(format_profile(profiles[preset]))
         print()

@@ -18,7 +18,15 @@ from typing import Any
 
 from .energy import MEMORY_PJ_PER_64BIT, SOURCE, OpType, memory_energy_pj, op_area_um2, op_energy_pj
 
-__all__ = ["MemoryItem", "Profile", "VIEWS", "format_comparison", "format_profile", "plot_profiles"]
+__all__ = [
+    "MemoryItem",
+    "Profile",
+    "VIEWS",
+    "format_comparison",
+    "format_profile",
+    "group_small",
+    "plot_profiles",
+]
 
 VIEWS = ("executed", "quantized")
 _OP_ORDER = {"mac": 0, "add": 1, "mul": 2}
@@ -262,18 +270,53 @@ def _mac_area(p: Profile, view: str) -> float:
 # -- plot ---------------------------------------------------------------------------------------
 
 
+GROUP_BELOW = 0.03  # a category under 3 % of every bar's height joins "other"
+MAX_CATEGORIES = 8  # at most this many named categories per panel (tab10 colours stay distinct)
+
+
+def group_small(
+    bars: list[dict[str, float]], *, below: float = GROUP_BELOW, keep: int = MAX_CATEGORIES
+) -> tuple[list[str], list[dict[str, float]]]:
+    """Fold the small categories of stacked bars into one ``"other (N)"`` category.
+
+    A category stays when it is at least ``below`` of some bar's total; at most ``keep`` stay (the
+    largest first). Returns the kept names, largest first (then ``other`` if any), and the bars
+    with the folded ones summed into ``other``; every bar's total is unchanged."""
+    share: dict[str, float] = defaultdict(float)
+    for b in bars:
+        total = sum(b.values())
+        for k, v in b.items():
+            share[k] = max(share[k], v / total if total else 0.0)
+    order = sorted(share, key=lambda k: -sum(b.get(k, 0.0) for b in bars))
+    kept = [k for k in order if share[k] >= below][:keep]
+    folded = [k for k in order if k not in kept]
+    if not folded:
+        return kept, [dict(b) for b in bars]
+    other = f"other ({len(folded)} types)" if len(folded) > 1 else folded[0]
+    grouped = []
+    for b in bars:
+        g = {k: b.get(k, 0.0) for k in kept}
+        g[other] = sum(b.get(k, 0.0) for k in folded)
+        grouped.append(g)
+    return [*kept, other], grouped
+
+
 def plot_profiles(profiles: list[Profile], path: str) -> str:
-    """Stacked bars: compute energy by op type, and memory energy by tensor role, per preset and
-    view (matplotlib with the Agg backend, imported here). Returns ``path``."""
+    """Three panels of stacked bars per preset and view (matplotlib with the Agg backend,
+    imported here): the total energy of one step (MACs, elementwise, memory; labelled with µJ and
+    the ratio to fp32 as executed), compute energy by op type and memory energy by tensor role,
+    small categories folded into "other" (`group_small`). Returns ``path``."""
     from ..extras import require
 
     matplotlib = require("matplotlib", "plot", "plot_profiles (wageubn profile --plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_c, ax_m) = plt.subplots(1, 2, figsize=(13, 5.5))
     labels = [f"{p.preset}\n{v}" for p in profiles for v in VIEWS]
-    x = range(len(labels))
+    x = list(range(len(labels)))
+    total = [{"MACs": p.compute_energy_pj(v, "mac") * 1e-6,
+              "elementwise": p.compute_energy_pj(v, "elementwise") * 1e-6,
+              "memory": p.memory_energy_pj(v) * 1e-6} for p in profiles for v in VIEWS]  # fmt: skip
     compute = [{f"{t.op} {t.label}": n * op_energy_pj(t) * 1e-6 for t, n in p.ops(v).items()}
                for p in profiles for v in VIEWS]  # fmt: skip
     memory = []
@@ -284,21 +327,41 @@ def plot_profiles(profiles: list[Profile], path: str) -> str:
                 by_role[m.role] += memory_energy_pj(m.nbytes if v == "executed" else m.qbytes,
                                                     p.memory_level) * 1e-6  # fmt: skip
             memory.append(by_role)
-    for ax, bars, title in ((ax_c, compute, "compute energy by op type"),
-                            (ax_m, memory, f"memory energy by tensor role ({profiles[0].memory_level})")):  # fmt: skip
-        keys = sorted({k for b in bars for k in b}, key=lambda k: -sum(b.get(k, 0) for b in bars))
+    level = profiles[0].memory_level
+    panels = [
+        (total, f"total energy (memory at {level})", ["#08306b", "#6baed6", "#fdae6b"]),
+        (compute, "compute energy by op type", None),
+        (memory, f"memory energy by tensor role ({level})", None),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 6.4))
+    for ax, (bars, title, fixed) in zip(axes, panels, strict=True):
+        keys, bars = group_small(bars) if fixed is None else (list(bars[0]), bars)
         bottom = [0.0] * len(bars)
         for i, k in enumerate(keys):
             h = [b.get(k, 0.0) for b in bars]
-            ax.bar(x, h, bottom=bottom, label=k, color=plt.cm.tab20(i % 20))
+            if fixed is not None:
+                color = fixed[i]
+            elif k.startswith("other"):
+                color = "0.75"
+            else:  # tab10 without its grey, which is other's
+                color = plt.cm.tab10([0, 1, 2, 3, 4, 5, 6, 8, 9][i % 9])
+            ax.bar(x, h, bottom=bottom, label=k, color=color, edgecolor="white", linewidth=0.5)
             bottom = [b0 + h0 for b0, h0 in zip(bottom, h, strict=True)]
-        ax.set_xticks(list(x), labels)
+        if fixed is not None:  # the total and its ratio to fp32 as executed on every bar
+            base = bottom[0] if profiles[0].preset == "fp32" else None
+            for xi, top in zip(x, bottom, strict=True):
+                ratio = f"\n{top / base:.2f}× fp32" if base else ""
+                ax.text(xi, top, f"{top:,.0f}{ratio}", ha="center", va="bottom", fontsize=7)
+            ax.set_ylim(0, 1.15 * max(bottom))
+        ax.set_xticks(x, labels, fontsize=8)
         ax.set_ylabel("µJ per training step")
-        ax.set_title(title)
-        ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=10)
+        handles, names = ax.get_legend_handles_labels()
+        ax.legend(handles[::-1], names[::-1], fontsize=7, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)  # fmt: skip
     fig.suptitle(f"{profiles[0].model}, batch {profiles[0].batch}: one training step "
                  "(Horowitz 2014, 45 nm)")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -229,14 +229,17 @@ def evaluate(
     channels_last: bool = False,
     num_workers: int = 0,
     device: torch.device | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``."""
+    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``;
+    ``progress`` (optional) tracks the batches."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
+    progress = progress or Progress()
     try:
-        for x, y in batches:
+        for x, y in progress.track(batches, total=len(batches), desc="eval", unit="batch"):
             if device is not None:
                 x, y = x.to(device), y.to(device)
             if channels_last:
@@ -256,6 +259,7 @@ def evaluate_checkpoint(
     *,
     root: str | None = None,
     batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``).
 
@@ -278,7 +282,12 @@ def evaluate_checkpoint(
         ) from None
     bs = batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
     result = evaluate(
-        model, ds, bs, channels_last=cfg.train.channels_last, num_workers=cfg.data.num_workers
+        model,
+        ds,
+        bs,
+        channels_last=cfg.train.channels_last,
+        num_workers=cfg.data.num_workers,
+        progress=progress,
     )
     info = read_run_info(path.parent / "run.json")
     run_status = describe_status(info)[0] if info is not None else None
@@ -398,6 +407,7 @@ class _Run:
             shard=(ctx.rank, ctx.world),
         )
         self.step, self.best_acc = 0, None
+        self.elapsed_before = 0.0  # training seconds of the run before this process (resume)
         self.acc = {"window": _zeros(), "epoch": _zeros()}
         self.last_eval: dict[str, Any] | None = None
         self.stop = StopSignals(enabled=False)  # train() hands over the active one
@@ -436,7 +446,10 @@ class _Run:
                     from ..diagnostics import Diagnostics
 
                     self.diag = Diagnostics(
-                        self.model, every=cfg.diag.every, path=self.run_dir / "diagnostics.jsonl"
+                        self.model,
+                        every=cfg.diag.every,
+                        path=self.run_dir / "diagnostics.jsonl",
+                        sink=self.metrics.diagnostics if t.tensorboard else None,
                     )
             except OSError as exc:
                 kept = (
@@ -496,6 +509,7 @@ class _Run:
         self.step, self.best_acc = int(ckpt["step"]), ckpt.get("best_acc")
         self.acc = {k: dict(v) for k, v in ckpt["accumulators"].items()}
         self.last_eval = ckpt.get("last_eval")
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
 
     def _write_run_files(
         self, ckpt_path: Path | None, ckpt: Any, command: list[str] | None
@@ -523,6 +537,7 @@ class _Run:
                 "started": now,
                 "threads": torch.get_num_threads(),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
+                "steps_per_epoch": len(self.batches),
             }
         info["status"] = "running"
         info["owner"] = owner_record()  # tells a crashed run from a live one (lifecycle.py)
@@ -563,6 +578,7 @@ class _Run:
             "accumulators": {k: dict(v) for k, v in self.acc.items()},
             "best_acc": self.best_acc,
             "last_eval": self.last_eval,
+            "elapsed_s": time.perf_counter() - self.t0,
             "run_config": self.cfg.to_dict(),
             "world_size": self.ctx.world,
             "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
@@ -603,7 +619,8 @@ class _Run:
     def run(self) -> dict[str, Any]:
         t, spe = self.cfg.train, len(self.batches)
         total = t.epochs * spe if t.max_steps is None else min(t.epochs * spe, t.max_steps)
-        start = self.t0 = time.perf_counter()
+        start = time.perf_counter()
+        self.t0 = start - self.elapsed_before  # elapsed_s counts on across resumes
         if self.ctx.is_main:
             log.info(
                 "run %s: %s on %s (%d train / %d eval images), %d steps/epoch, %d steps to go",
@@ -815,6 +832,7 @@ class _Run:
                 channels_last=self.cfg.train.channels_last,
                 num_workers=self.cfg.data.num_workers,
                 device=self.device,
+                progress=self.progress,
             )
         except CorruptDataError:
             raise  # a file to fix, not a numerical failure

@@ -1,4 +1,5 @@
-"""Per-run metrics files: ``metrics.jsonl`` (one JSON object a row) and ``metrics.csv``.
+"""Per-run metrics files: ``metrics.jsonl`` (one JSON object a row) and ``metrics.csv``; with
+``train.tensorboard`` also TensorBoard events in ``RUN/tensorboard`` (rows and diagnostics).
 
 Rows have ``kind`` "train" (every ``log_every`` steps, means over the window), "epoch" (means over
 the epoch) or "eval" (after an evaluation), and the columns in `COLUMNS` (absent ones empty).
@@ -18,7 +19,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics"]
+__all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics", "role_rates"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,56 @@ class MetricsWriter:
                 if isinstance(row.get(key), int | float):
                     self._tb.add_scalar(f"{row['kind']}/{key}", row[key], row["step"])
 
+    def diagnostics(
+        self, step: int, rows: list[dict[str, Any]], histograms: dict[str, Any]
+    ) -> None:
+        """One recorded diagnostics step to TensorBoard (nothing without it): per role, the
+        saturation and underflow (U: unchanged) of all its elements in the model, in percent,
+        and the histogram of its integer codes (``wageubn.diagnostics.Diagnostics`` sink)."""
+        if self._tb is None:
+            return
+        for role, rates in sorted(role_rates(rows).items()):
+            for metric, value in rates.items():
+                self._tb.add_scalar(f"{metric} %/{role}", 100.0 * value, step)
+        for role, h in sorted(histograms.items()):
+            if h.num == 0:
+                continue
+            self._tb.add_histogram_raw(
+                f"codes/{role}",
+                min=h.min,
+                max=h.max,
+                num=h.num,
+                sum=h.total,
+                sum_squares=h.total_squares,
+                bucket_limits=h.bucket_limits(),
+                bucket_counts=h.counts.tolist(),
+                global_step=step,
+            )
+        self._tb.flush()
+
     def close(self) -> None:
         self._jsonl.close()
         self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def role_rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per role, the element-weighted mean of ``saturation`` and ``underflow`` (U: ``unchanged``)
+    over ``rows`` (diagnostics rows of one step): the fractions of all the role's elements."""
+    sums: dict[str, dict[str, float]] = {}
+    for r in rows:
+        # U's saturation is 0 by definition: its loss shows as weights that did not move
+        metrics = ("unchanged",) if "unchanged" in r else ("saturation", "underflow")
+        acc = sums.setdefault(r["role"], {"numel": 0.0})
+        acc["numel"] += r["numel"]
+        for m in metrics:
+            acc[m] = acc.get(m, 0.0) + r.get(m, 0.0) * r["numel"]
+    return {
+        role: {m: v / acc["numel"] for m, v in acc.items() if m != "numel"}
+        for role, acc in sums.items()
+        if acc["numel"] > 0
+    }
 
 
 def _plain(value: Any) -> Any:

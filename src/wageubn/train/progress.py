@@ -1,19 +1,30 @@
-"""Training feedback: a one-line progress bar for terminals, plain log lines otherwise.
+"""Feedback of long loops: a ``tqdm`` bar on a terminal, plain ``logging`` lines otherwise.
 
-The loop calls ``progress.update(step, total, stats)`` after every step and ``progress.message``
-for events. `LogProgress` (the library default) goes through ``logging`` every ``every`` steps;
-`ProgressBar` redraws one line on a stream (the CLI uses it when stderr is a terminal).
+A `Progress` serves two kinds of loop:
+
+* the training loop calls ``start(step, total)``, then ``update(step, epoch, stats)`` after every
+  step, ``message(text)`` for events (an evaluation's result) and ``close()``;
+* any other loop that can take more than a few seconds (evaluation, ``predict``, ``profile``)
+  wraps its iterable: ``for x, y in progress.track(batches, total=len(batches), desc="eval")``.
+
+`LogProgress` (the library default) logs through ``logging`` (logger ``wageubn.train``): a
+training line every ``every`` steps and, for tracked loops, a line every ``interval`` seconds.
+`BarProgress` draws ``tqdm`` bars on a stream (the CLI uses it when stderr is a terminal).
+`progress_for(stream)` picks one of the two the way the CLI does.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
-__all__ = ["LogProgress", "Progress", "ProgressBar", "format_duration"]
+__all__ = ["BarProgress", "LogProgress", "Progress", "format_duration", "progress_for"]
 
 log = logging.getLogger("wageubn.train")
+
+T = TypeVar("T")
 
 
 def format_duration(seconds: float) -> str:
@@ -24,7 +35,7 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    """Interface: the loop reports every step; subclasses decide what to show."""
+    """Interface and silent default: reports nothing but ``message`` (to ``logging``)."""
 
     def start(self, step: int, total: int) -> None:
         self._t0, self._step0, self.total = time.perf_counter(), step, total
@@ -41,15 +52,21 @@ class Progress:
     def message(self, text: str) -> None:
         log.info("%s", text)
 
+    def track(
+        self, iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+    ) -> Iterable[T]:
+        """``iterable`` itself, with feedback as the subclass gives it."""
+        return iterable
+
     def close(self) -> None:
         pass
 
 
 class LogProgress(Progress):
-    """``logging`` lines every ``every`` steps (non-terminal stderr, log files, CI)."""
+    """``logging`` lines: training every ``every`` steps; tracked loops every ``interval`` s."""
 
-    def __init__(self, every: int = 50) -> None:
-        self.every = every
+    def __init__(self, every: int = 50, *, interval: float = 10.0) -> None:
+        self.every, self.interval = every, interval
 
     def update(self, step: int, epoch: int, stats: dict[str, float]) -> None:
         if step % self.every and step != self.total:
@@ -67,32 +84,74 @@ class LogProgress(Progress):
             format_duration(self.eta(step)) if step > self._step0 else "?",
         )
 
+    def track(
+        self, iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+    ) -> Iterator[T]:
+        """Yields from ``iterable``; logs ``desc done/total unit, elapsed, eta`` every
+        ``interval`` seconds (a loop shorter than that logs nothing)."""
+        t0 = last = time.perf_counter()
+        for done, item in enumerate(iterable):
+            now = time.perf_counter()
+            if now - last >= self.interval:
+                last = now
+                eta = (now - t0) / done * (total - done) if total and done else float("nan")
+                log.info(
+                    "%s %d%s %s, %s elapsed, eta %s",
+                    desc,
+                    done,
+                    f"/{total}" if total else "",
+                    unit,
+                    format_duration(now - t0),
+                    format_duration(eta) if eta == eta else "?",
+                )
+            yield item
 
-class ProgressBar(Progress):
-    """A redrawn single line: ``epoch 0 [#####.....] 120/390 loss 0.31 acc 0.91 850 img/s eta 00:41``."""
 
-    def __init__(self, stream: TextIO, width: int = 24, min_interval: float = 0.1) -> None:
-        self.stream, self.width, self.min_interval = stream, width, min_interval
-        self._last_draw = 0.0
+class BarProgress(Progress):
+    """``tqdm`` bars on ``stream``: ``epoch 0:  31%|███      | 120/390 [00:14<00:31, 8.5step/s,
+    loss 0.3100 acc 0.9100 850 img/s]``; tracked loops get their own bar below, removed when done."""
+
+    def __init__(self, stream: TextIO, *, mininterval: float = 0.1) -> None:
+        self.stream, self.mininterval = stream, mininterval
+        self._bar: Any = None
+
+    def start(self, step: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        super().start(step, total)
+        self._bar = tqdm(total=total, initial=step, unit="step", file=self.stream, desc="train",
+                         mininterval=self.mininterval, dynamic_ncols=True)  # fmt: skip
 
     def update(self, step: int, epoch: int, stats: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        if now - self._last_draw < self.min_interval and step != self.total:
-            return
-        self._last_draw = now
-        filled = int(self.width * step / max(1, self.total))
-        bar = "#" * filled + "." * (self.width - filled)
-        eta = format_duration(self.eta(step)) if step > self._step0 else "?"
-        self.stream.write(
-            f"\repoch {epoch} [{bar}] {step}/{self.total} loss {stats['loss']:.4f} "
-            f"acc {stats['acc']:.4f} {stats['images_per_s']:.0f} img/s eta {eta} "
+        bar = self._bar
+        bar.set_description_str(f"epoch {epoch}", refresh=False)
+        bar.set_postfix_str(
+            f"loss {stats['loss']:.4f} acc {stats['acc']:.4f} {stats['images_per_s']:.0f} img/s",
+            refresh=False,
         )
-        self.stream.flush()
+        bar.update(step - bar.n)
 
     def message(self, text: str) -> None:
-        self.stream.write("\r\033[K" + text + "\n")
-        self.stream.flush()
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=self.stream)
+
+    def track(
+        self, iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
+    ) -> Iterable[T]:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, file=self.stream, leave=False,
+                    mininterval=self.mininterval, dynamic_ncols=True)  # fmt: skip
 
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def progress_for(stream: TextIO, *, enabled: bool = True, log_every: int = 50) -> Progress:
+    """`BarProgress` on ``stream`` when it is a terminal and ``enabled``, else `LogProgress`."""
+    if enabled and stream.isatty():
+        return BarProgress(stream)
+    return LogProgress(log_every)

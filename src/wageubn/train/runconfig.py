@@ -43,7 +43,7 @@ class ModelSection:
     name: str = "small_cnn"
     """A name from ``wageubn list-models``."""
     width: int | None = None
-    """``small_cnn`` only: channels of the first layer (None = the model's default, 32)."""
+    """``small_cnn`` only: channels of the first layer (None = the model's default, 16)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Any other keyword of the model constructor."""
 
@@ -65,6 +65,7 @@ class DataSection:
     num_workers: int = 0
     """DataLoader workers for per-file data sets (imagefolder); in-memory sets ignore it."""
     train_split: str = "train"
+    """Split trained on."""
     eval_split: str = "test"
     """Split evaluated at the end of each epoch and by ``wageubn eval`` by default."""
     train_subset: int | None = None
@@ -79,10 +80,11 @@ class OptimSection:
     """Base learning rate; quantized to ``quant.lr`` bits (10: a multiple of 2^-9) at each step.
     Must quantize to a non-zero value (10 bits: lr >= 2^-10)."""
     momentum: float = 0.25
-    """``m`` in ``acc = m·acc + G``, in [0, 1]."""
+    """Momentum m of QSGD: ``acc = m·acc + G`` (quantized to ``quant.momentum`` bits), in [0, 1]."""
     weight_decay: float = 1e-4
     """Added to the gradient before quantization; not on BN gamma/beta unless bn_weight_decay."""
     bn_weight_decay: bool = False
+    """Also apply weight_decay to BN gamma/beta (off in the released recipe)."""
     lr_milestones: list[int] = field(default_factory=list)
     """Epochs at which the next lr multiplier and grad range take effect (strictly increasing)."""
     lr_multipliers: list[float] = field(default_factory=lambda: [1.0])
@@ -95,9 +97,11 @@ class OptimSection:
 @dataclass
 class TrainSection:
     epochs: int = 1
+    """Epochs to train (the schedule's epochs count from 0)."""
     seed: int = 0
     """Seeds the model init, the data order/augmentation and the stochastic-rounding generator."""
     out_dir: str = "runs"
+    """Run directories are created under this folder."""
     run_name: str | None = None
     """Run directory name under out_dir (None = the config file's stem, or "run")."""
     checkpoint_every_steps: int | None = None
@@ -111,6 +115,7 @@ class TrainSection:
     threads: int | None = None
     """``torch.set_num_threads`` for the run (None: leave torch's default)."""
     channels_last: bool = False
+    """NHWC memory format for the model and its inputs."""
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the tensorboard package)."""
 
@@ -304,7 +309,10 @@ class RunConfig:
             try:
                 import tensorboard  # noqa: F401
             except ImportError:
-                errors.append("train.tensorboard: true needs the tensorboard package")
+                errors.append(
+                    "train.tensorboard: true needs the tensorboard package: "
+                    'pip install "torch-wageubn[tensorboard]"'
+                )
         return errors
 
 
