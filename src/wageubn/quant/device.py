@@ -100,20 +100,32 @@ def nan_guard(amax: torch.Tensor) -> torch.Tensor:
     return amax - amax
 
 
-@functools.cache
 def const(value: float, dtype: torch.dtype, device: torch.device, tag: str = "") -> torch.Tensor:
     """A cached 0-dim constant on ``device`` (made once: no host-to-device copy per step).
 
     ``tag`` keeps constants of different roles distinct objects even when their values agree (a
-    compiled kernel guards on which of its arguments alias). Never modify the returned tensor."""
-    return torch.tensor(value, dtype=dtype, device=device)
+    compiled kernel guards on which of its arguments alias). Never modify the returned tensor.
+    Inside ``torch.compile`` the constant is made in the graph instead (no cache to trace)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype, device=device)
+    return _cached_const(value, dtype, device, tag)
 
 
 @functools.cache
+def _cached_const(value: float, dtype: torch.dtype, device: torch.device, tag: str) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 def bound(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded toward zero into ``dtype`` (float32 or float64), so a clip never leaves
     the range (float32: ``2^(k−1) − 1`` for k >= 25 would otherwise round up to ``2^(k−1)``).
     Pure Python: no tensor is made, nothing is read from a device."""
+    if torch.compiler.is_compiling():
+        return _bound(value, dtype)
+    return _cached_bound(value, dtype)
+
+
+def _bound(value: float, dtype: torch.dtype) -> float:
     if dtype != torch.float32:
         return float(value)
     (nearest,) = struct.unpack("<f", struct.pack("<f", value))
@@ -121,6 +133,9 @@ def bound(value: float, dtype: torch.dtype) -> float:
         (bits,) = struct.unpack("<I", struct.pack("<f", nearest))
         (nearest,) = struct.unpack("<f", struct.pack("<I", bits - 1))
     return nearest
+
+
+_cached_bound = functools.cache(_bound)
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
