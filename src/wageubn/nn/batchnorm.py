@@ -28,6 +28,7 @@ square root), bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ from .fused import (
     bn_backward_sums,
     bn_forward,
     bn_prepare,
+    bn_relu_int8_codes,
     bn_relu_int8_forward,
 )
 from .layers import QuantReLU, _check_config, retag, swap_module
@@ -195,8 +197,13 @@ class _BatchNorm(torch.autograd.Function):
                 x3, *tiled, d0, d1, u0, u1, guard, spec.k_xhat, spec.xhat_planes
             )
             out = layout.back(outs[0])
-            attach_codes(out, layout.back(outs[1]), e, guard, act.activation)
             planes = outs[2:]
+            regenerate = None
+            if planes:  # the next conv keeps a way to rebuild its A codes, not the codes
+                regenerate = functools.partial(
+                    _rebuild_codes, layout, planes, tiled[2], tiled[3], d0, d1, spec.xhat_exp
+                )
+            attach_codes(out, layout.back(outs[1]), e, guard, act.activation, regenerate)
         else:
             outs = bn_forward(x3, *tiled, spec.k_xhat, act.activation, spec.relu, spec.xhat_planes)
             out = layout.back(outs[0])
@@ -262,6 +269,12 @@ def _observe_forward(obs, relu_obs, x3, gamma, beta, params, spec, out, layout):
         relu_obs(
             "A", layout.back(torch.relu(y)), out.detach(), spec.act.a_kind, spec.act.activation
         )
+
+
+def _rebuild_codes(layout, planes, gamma_t, beta_t, d0, d1, xhat_exp) -> torch.Tensor:
+    p2 = planes[2] if len(planes) > 2 else None
+    codes = bn_relu_int8_codes(planes[0], planes[1], p2, gamma_t, beta_t, d0, d1, xhat_exp)
+    return layout.back(codes)
 
 
 def _hooked(m: nn.Module) -> bool:

@@ -37,6 +37,7 @@ __all__ = [
     "bn_backward_sums",
     "bn_forward",
     "bn_prepare",
+    "bn_relu_int8_codes",
     "bn_relu_int8_forward",
     "e1_factors",
     "join_bytes",
@@ -268,6 +269,24 @@ def bn_relu_int8_forward(
     if xhat_planes is None:
         return out
     return (*out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
+
+
+@fused
+def bn_relu_int8_codes(
+    p0: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor | None,
+    gamma_q: torch.Tensor,
+    beta_q: torch.Tensor,
+    down0: torch.Tensor,
+    down1: torch.Tensor,
+    xhat_exp: int,
+) -> torch.Tensor:
+    """The int8 A codes of ``bn_relu_int8_forward`` rebuilt from the x̂ code planes it kept: the
+    same x̂, hence the same ``y`` and the same codes (for the next conv's weight gradient)."""
+    xhat = join_bytes((p0, p1) if p2 is None else (p0, p1, p2), gamma_q.dtype) * (2.0**xhat_exp)
+    y = torch.relu(xhat * _bc(gamma_q) + _bc(beta_q))
+    return torch.round(y * down0 * down1).to(torch.int8)
 
 
 def e1_factors(amax, r, bits: int, dtype) -> tuple[torch.Tensor, ...]:

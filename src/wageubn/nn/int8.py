@@ -72,7 +72,7 @@ def operand_codes(x: torch.Tensor, bits: int) -> ActivationCodes:
     if cached is not None:
         return cached
     codes, e, guard = device.q_fit(x.detach(), bits)
-    return ActivationCodes(codes, e, guard, bits, x._version, False)
+    return ActivationCodes(codes, e, guard, bits, x._version, False, None)
 
 
 def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +254,10 @@ class _Int8Conv2d(torch.autograd.Function):
         z = engine.conv_forward(a, w, ew, geom)  # (N, O, Ho, Wo) float32
         if bias is not None:
             z = z + bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(a.codes, w)
+        # keep A's codes — or, where the fused BN before can rebuild them from the x̂ codes it
+        # keeps anyway, only the way to rebuild them
+        ctx.rebuild = a.regenerate
+        ctx.save_for_backward(a.codes if a.regenerate is None else None, w)
         ctx.ea = a.exponent  # 0-dim, on the device
         ctx.meta = (a.nonneg, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
         ctx.has_bias = bias is not None
@@ -265,7 +268,9 @@ class _Int8Conv2d(torch.autograd.Function):
         codes, w = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
-        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
+        if codes is None and ctx.needs_input_grad[1]:
+            codes = ctx.rebuild()
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
         bits = config.error2
         planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
@@ -299,7 +304,7 @@ class _Int8Linear(torch.autograd.Function):
         codes, w = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, config, engine, obs = ctx.meta
-        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
         bits = config.error2
         planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
