@@ -1,15 +1,21 @@
-"""Time one training step (forward, backward, update) and the memory saved for backward.
+"""Time one training step (forward, backward, update), the memory saved for backward, the host
+reads per step, and the first step (which compiles the fused kernels).
 
 Variants, all from the same process and interleaved round by round (so drift hits them alike):
 
 * ``fp32``        — plain PyTorch (``torch.optim.SGD``), channels_last: the honest baseline;
 * ``fp32-nchw``   — the same in PyTorch's default layout;
 * ``paper``       — WAGEUBN ``paper`` preset, integers simulated in float32;
-* ``int8``        — WAGEUBN ``int8`` preset: conv/linear products on int8 kernels.
+* ``int8``        — WAGEUBN ``int8`` preset: conv/linear products on int8 kernels;
+* ``paper-eager`` / ``int8-eager`` (with ``--eager``) — the same with the fused kernels run as
+  eager PyTorch (``WAGEUBN_FUSE=0``'s arithmetic), to show what fusion buys.
 
-Reports the median step time over the timed rounds (after warm-up), its ratio to ``fp32``, and
+Reports the median step time over the timed rounds (after warm-up) and its ratio to ``fp32``;
 the bytes of activations saved for backward (unique storages recorded by
-``torch.autograd.graph.saved_tensors_hooks``, parameters excluded), also as a ratio to ``fp32``.
+``torch.autograd.graph.saved_tensors_hooks``, parameters excluded) and their ratio; the host
+synchronizations of one step (ops that read a device value on the host, counted by a
+``TorchDispatchMode``); and the wall time of the first step, which includes compiling the
+fused kernels (in a second process they come from inductor's on-disk cache).
 
     python benchmarks/step_time.py --model preact_resnet20 --batch 128 --size 32
     python benchmarks/step_time.py --model small_cnn --batch 128 --size 28 --in-channels 1
@@ -18,17 +24,41 @@ the bytes of activations saved for backward (unique storages recorded by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from wageubn import QSGD, WAGEUBNConfig, quantize_
 from wageubn.models import create_model
+from wageubn.quant.fusion import fusion
 
 VARIANTS = ("fp32", "fp32-nchw", "paper", "int8")
+_SYNCS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.item.default,
+}
+
+
+class CountSyncs(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _SYNCS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _fusion_of(variant: str):
+    return fusion(False) if variant.endswith("-eager") else contextlib.nullcontext()
 
 
 def build(variant: str, args):
@@ -37,7 +67,7 @@ def build(variant: str, args):
     if variant.startswith("fp32"):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.25, weight_decay=1e-4)
     else:
-        cfg = WAGEUBNConfig.preset(variant)
+        cfg = WAGEUBNConfig.preset(variant.removesuffix("-eager"))
         quantize_(model, cfg)
         opt = QSGD(
             model.parameters(), lr=0.05, config=cfg, generator=torch.Generator().manual_seed(0)
@@ -52,14 +82,15 @@ def build(variant: str, args):
     y = torch.randint(0, 10, (args.batch,), generator=g)
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        with _fusion_of(variant):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
 
     return model, x, y, step
 
 
-def saved_bytes(model, x, y) -> int:
+def saved_bytes(variant, model, x, y) -> int:
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -69,11 +100,19 @@ def saved_bytes(model, x, y) -> int:
             seen[st.data_ptr()] = st.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _fusion_of(variant), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(seen.values())
+
+
+def host_syncs(step) -> int:
+    """Host reads in one step (the fused kernels run as their eager code under the mode: a
+    compiled kernel is one graph and cannot read the host)."""
+    with CountSyncs() as mode:
+        step()
+    return mode.count
 
 
 def main(argv=None) -> int:
@@ -88,11 +127,20 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--eager", action="store_true", help="also paper-eager and int8-eager")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
+    if args.eager:
+        variants += [v + "-eager" for v in ("paper", "int8") if v in variants]
     built = {v: build(v, args) for v in variants}
-    mem = {v: saved_bytes(*built[v][:3]) for v in variants}
+    first: dict[str, float] = {}
+    for v in variants:  # the first step compiles what it needs
+        t0 = time.perf_counter()
+        built[v][3]()
+        first[v] = time.perf_counter() - t0
+    mem = {v: saved_bytes(v, *built[v][:3]) for v in variants}
+    syncs = {v: host_syncs(built[v][3]) for v in variants}
     for _ in range(args.warmup):
         for v in variants:
             built[v][3]()
@@ -106,17 +154,24 @@ def main(argv=None) -> int:
     base_m = mem.get("fp32")
     print(
         f"{args.model}, batch {args.batch}, {args.in_channels}×{args.size}×{args.size}, "
-        f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}; "
-        f"median of {args.rounds} steps after {args.warmup} warm-up"
+        f"torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}; median of {args.rounds} steps after "
+        f"{args.warmup} warm-up"
     )
     print()
-    print("| variant | step ms | × fp32 | saved activations MiB | × fp32 |")
-    print("|---|---|---|---|---|")
+    print(
+        "| variant | step ms | × fp32 | saved activations MiB | × fp32 | host syncs / step "
+        "| first step s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for v in variants:
         t = statistics.median(times[v])
         rt = f"{t / base_t:.2f}" if base_t else "-"
         rm = f"{mem[v] / base_m:.2f}" if base_m else "-"
-        print(f"| {v} | {t * 1e3:.0f} | {rt} | {mem[v] / 2**20:.1f} | {rm} |")
+        print(
+            f"| {v} | {t * 1e3:.0f} | {rt} | {mem[v] / 2**20:.1f} | {rm} | {syncs[v]} "
+            f"| {first[v]:.1f} |"
+        )
     return 0
 
 

@@ -10,8 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from hypothesis import settings
+# Processes that tests start (torchrun workers, a killed-and-resumed run, the CLI) test run
+# lifecycles, not kernels: they run the fused kernels' eager code instead of compiling them anew
+# in every process (same values, tests/test_fusion.py). This process keeps the default.
+_FUSE_HERE = os.environ.get("WAGEUBN_FUSE", "1")
+os.environ["WAGEUBN_FUSE"] = "0"
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from wageubn.quant.fusion import set_fusion  # noqa: E402
+
+set_fusion(_FUSE_HERE.strip().lower() not in ("0", "false", "no", "off"))
 
 pytest_plugins = ("pytester",)  # tests that run a test of this suite on a simulated machine
 

@@ -49,6 +49,15 @@ def _qc_lr(lr: float, bits: int) -> float:
     return max(-limit, min(limit, q))
 
 
+def _buckets(n: int) -> list[int]:
+    """``n`` as parts of 8, then one each of 4, 2, 1 as needed (``_buckets(13) == [8, 4, 1]``)."""
+    parts = [8] * (n // 8)
+    for size in (4, 2, 1):
+        if n % 8 & size:
+            parts.append(size)
+    return parts
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
@@ -247,10 +256,17 @@ class QSGD(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = torch.empty_like(g)
             bufs.append(self.state[p]["momentum_buffer"] if m != 0 else g)
         scalars = self._scalars(params[0], lr_q, dr)
-        fused_update(
-            [p.detach() for p in params], grads, bufs, draws, *scalars, role, bits, float(m),
-            first, cfg.momentum, cfg.update,
-        )  # fmt: skip
+        # buckets of 8, 4, 2, 1 parameters: a few compiled variants serve every model (a kernel
+        # over all of a ResNet-50's parameters at once takes minutes to compile)
+        start = 0
+        for size in _buckets(len(params)):
+            part = slice(start, start + size)
+            start += size
+            fused_update(
+                [p.detach() for p in params[part]], grads[part], bufs[part],
+                None if draws is None else draws[part], *scalars, role, bits, float(m), first,
+                cfg.momentum, cfg.update,
+            )  # fmt: skip
 
     def _scalars(self, like: torch.Tensor, lr_q: float, dr: int) -> list[torch.Tensor]:
         """``lr_q``, ``dr`` and ``dr − 1`` as 0-dim tensors on ``like``'s device, refilled in place

@@ -86,21 +86,28 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
 def _variant(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[int, ...]]:
     """What a compiled variant is specialized to, and which arguments stay its inputs.
 
-    Tensors are inputs (their sizes symbolic; the key holds dtype, device type and rank); every
+    Tensors are inputs (their sizes symbolic; the key holds dtype, device type, rank and which
+    sizes are 0 or 1); every
     other argument — a bit width, a flag, a dtype, None — is a constant of the variant, so the
     compiled code computes ``2^(k−1)`` once, not per element."""
     key: list[Any] = []
     inputs: list[int] = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            key.append((a.dtype, a.device.type, a.dim()))
+            key.append(_tensor_key(a))
             inputs.append(i)
         elif isinstance(a, list) and all(isinstance(t, torch.Tensor) for t in a):
-            key.append(("list", tuple((t.dtype, t.device.type, t.dim()) for t in a)))
+            key.append(("list", tuple(_tensor_key(t) for t in a)))
             inputs.append(i)
         else:
             key.append(("const", type(a), a))
     return tuple(key), tuple(inputs)
+
+
+def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    # sizes 0 and 1 are specialized by torch.compile whatever is marked dynamic: which dims have
+    # them is part of the variant, so shapes that differ there do not recompile one another
+    return (t.dtype, t.device.type, tuple(min(s, 2) for s in t.shape))
 
 
 class _Fused:
@@ -146,7 +153,7 @@ class _Fused:
         ) as err:
             # this variant cannot be compiled (e.g. its recompile budget is spent): it runs eager
             log.warning("wageubn: %s runs unfused for %s (%s)", self.eager.__name__, key, err)
-            self._variants[key] = self.eager
+            self._variants[key] = _bind_constants(self.eager, args, inputs, fresh=False)
         return self.eager(*args)
 
 
