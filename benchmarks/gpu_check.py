@@ -33,9 +33,7 @@ import torch.nn.functional as F
 
 from wageubn import QSGD, WAGEUBNConfig, quantize_
 from wageubn.models import create_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from step_time import CountSyncs  # noqa: E402
+from wageubn.profile.syncs import HostSyncs
 
 
 def run_tests(out: Path | None) -> int:
@@ -105,7 +103,7 @@ def main(argv=None) -> int:
     first = {v: timed(steps[v]) for v in variants}
     syncs = {}
     for v in variants:
-        with CountSyncs() as mode:
+        with HostSyncs() as mode:
             steps[v]()
         syncs[v] = mode.count
     for v in variants:

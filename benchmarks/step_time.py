@@ -31,30 +31,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from wageubn import QSGD, WAGEUBNConfig, quantize_
 from wageubn.models import create_model
+from wageubn.profile.syncs import HostSyncs
 from wageubn.quant.fusion import fusion
 
 VARIANTS = ("fp32", "fp32-nchw", "paper", "int8")
-_SYNCS = {
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.is_nonzero.default,
-    torch.ops.aten.nonzero.default,
-    torch.ops.aten.item.default,
-}
-
-
-class CountSyncs(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _fusion_of(variant: str):
@@ -110,7 +93,7 @@ def saved_bytes(variant, model, x, y) -> int:
 def host_syncs(step) -> int:
     """Host reads in one step (the fused kernels run as their eager code under the mode: a
     compiled kernel is one graph and cannot read the host)."""
-    with CountSyncs() as mode:
+    with HostSyncs() as mode:
         step()
     return mode.count
 

@@ -9,34 +9,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import reference as ref
 from wageubn import QSGD, WAGEUBNConfig, quantize_
 from wageubn.models import create_model
 from wageubn.nn import QuantBatchNorm2d
+from wageubn.profile.syncs import HostSyncs
 from wageubn.quant.fusion import fusion
 
 EXACT = {"rtol": 0, "atol": 0}
-
-# ops that read a device value on the host (what would stall a GPU)
-_SYNCS = {
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.is_nonzero.default,
-    torch.ops.aten.nonzero.default,
-    torch.ops.aten.item.default,
-}
-
-
-class _CountSyncs(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _setup(name, preset, batch=4, size=32, channels=3):
@@ -69,7 +50,7 @@ def test_a_training_step_reads_the_device_at_most_four_times_whatever_the_depth(
         with fusion(False):  # what is counted; no compilation needed for it
             model, opt, x, y = _setup(name, preset, batch=2, size=8)
             _step(model, opt, x, y)  # first step: momentum buffers created
-            with _CountSyncs() as mode:
+            with HostSyncs() as mode:
                 _step(model, opt, x, y)
         counts[name] = mode.count
     assert counts["preact_resnet20"] <= 4, counts
