@@ -1,7 +1,8 @@
 """Reproduction: fp32 vs ``paper`` vs ``paper_e2_16`` (and ``int8``) with the same seeds and epochs.
 
 * small CNN on MNIST — configs/mnist_cnn_{fp32,paper,paper_e2_16,int8}.yaml, 1 epoch each;
-* pre-activation ResNet-20 on Fashion-MNIST — configs/fashion_resnet20_*.yaml with a short recipe
+* pre-activation ResNet-20 on Fashion-MNIST — configs/fashion_resnet20_{fp32,paper,paper_e2_16,int8}.yaml
+  with a short recipe
   (``--fashion-epochs``, default 3, lr 0.25, constant dr 128) that fits the 2-core budget.
 
 Writes ``benchmarks/results/reproduce.md`` (the table the README shows) and ``reproduce.json``,
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         e = args.fashion_epochs
         short = ["--train.epochs", str(e), "--optim.lr", "0.25", "--optim.lr_milestones", "[]",
                  "--optim.lr_multipliers", "[1.0]", "--optim.grad_range_values", "[128]"]  # fmt: skip
-        for preset in ("fp32", "paper", "paper_e2_16"):
+        for preset in ("fp32", "paper", "paper_e2_16", "int8"):
             fashion.append(run(f"fashion_resnet20_{preset}.yaml", short, out, f"fashion-{preset}"))
             print(fashion[-1], flush=True)
     total = time.perf_counter() - t0
