@@ -95,7 +95,7 @@ def plot_ablation(rows: list[dict[str, Any]], out: str | Path) -> Path:
         if name in refs:
             ax.axvline(refs[name], color="k", linestyle=style, linewidth=1, label=name)
     if refs.keys() & {"baseline", "fp32"}:
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.set_yticks(y, [r["variant"] for r in rows], fontsize=8)
     ax.set_xlim(left, right + (right - left) * 0.12)  # room for the labels
     splits = {r["eval_split"] for r in rows if r.get("eval_split")}
