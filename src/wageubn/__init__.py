@@ -9,6 +9,8 @@ Integers", Neural Networks 2020 (arXiv:1909.02384). The numerical contract is do
 >>> opt = wageubn.optim.QSGD(model.parameters(), lr=0.05, config=model._wageubn_config)
 """
 
+from typing import Any
+
 from . import models, nn, optim, quant
 from .config import PRESETS, ROLES, WAGEUBNConfig
 from .convert import UnsupportedModuleError, quantize_, to_float_
@@ -23,6 +25,7 @@ __all__ = [
     "UnsupportedModuleError",
     "WAGEUBNConfig",
     "__version__",
+    "ablate",
     "models",
     "nn",
     "optim",
@@ -30,3 +33,12 @@ __all__ = [
     "quantize_",
     "to_float_",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # wageubn.ablate lives with the training loop, which importing wageubn does not load
+    if name == "ablate":
+        from .train.ablation import ablate
+
+        return ablate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@
     wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N]
     wageubn list-models
     wageubn plot RUN [RUN ...] [--out curves.png] [--x epoch|step]
+    wageubn ablate CONFIG.yaml [--dotted.key VALUE ...] [--variants NAMES] [--out DIR]
     wageubn config show [CONFIG.yaml] [--dotted.key VALUE ...]
     wageubn --version
 
@@ -30,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMAND_MODULES", "UsageError", "command_progress", "console_main", "main"]
@@ -128,6 +130,35 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def ablate_command(args: argparse.Namespace) -> int:
+    import signal
+
+    from .train import TrainingInterrupted
+    from .train.ablation import AblationError, ablate
+    from .train.ablation_report import format_table
+
+    again = "run the same wageubn ablate command again to continue (finished variants are kept)"
+    try:
+        with command_progress(enabled=not args.no_progress) as progress:
+            rows = ablate(
+                args.config, args.overrides, variants=args.variants, out=args.out,
+                plot=not args.no_plot, progress=progress, command=["wageubn", *args.argv],
+                handle_signals=True,
+            )  # fmt: skip
+    except AblationError as exc:
+        raise UsageError(str(exc)) from None
+    except TrainingInterrupted as exc:
+        text = str(exc).split("; continue with")[0]
+        raise TrainingInterrupted(f"{text}; {again}", exc.signum, saved=exc.saved) from None
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"interrupted; {again}", signal.SIGINT) from None
+    out = Path(rows[0]["run_dir"]).parent
+    print(format_table(rows), end="")
+    written = ["ablation.json", "ablation.txt"] + ([] if args.no_plot else ["ablation.png"])
+    print(f"wrote {', '.join(str(out / f) for f in written)}")
+    return 0
+
+
 def config_show_command(args: argparse.Namespace) -> int:
     from .train import load_run_config
     from .train.configdoc import format_config
@@ -139,7 +170,7 @@ def config_show_command(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register train, eval, list-models, plot and config."""
+    """Register train, eval, list-models, plot, ablate and config."""
     p = subparsers.add_parser("train", help="train a model from a YAML run config")
     p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
     p.add_argument("--resume", metavar="RUN_DIR_or_CKPT", help="continue from a checkpoint")
@@ -172,6 +203,26 @@ def add_parser(subparsers: Any) -> None:
         help="x axis: epochs (counted from 0, as in the logs; default) or optimizer steps",
     )
     p.set_defaults(func=plot_command)
+
+    p = subparsers.add_parser(
+        "ablate",
+        help="train a config once per variant (each data path left in float, each quantized "
+        "alone, fp32, stem/head quantized) and compare their accuracy",
+    )
+    p.add_argument("config", help="run config (YAML), with dotted overrides as for train")
+    p.add_argument(
+        "--variants", action="append", metavar="NAMES",
+        help="comma-separated variants to run (default: every one that applies to the config)",
+    )  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="ablation directory (default OUT_DIR/NAME-ablate)")
+    p.add_argument("--no-plot", action="store_true", help="no bar chart (no matplotlib needed)")
+    p.add_argument("--no-progress", action="store_true", help="log lines even on a terminal")
+    p.set_defaults(func=ablate_command, takes_overrides=True)
+    p.epilog = (
+        "Variants: baseline (the config), fp32, float-X (X left in float), only-X (X quantized "
+        "alone), stem-head; X is W, A, G, E1, E2, U, momentum, BN or lr. An interrupted "
+        "ablation continues when run again. docs/accuracy.md explains the variants."
+    )
 
     p = subparsers.add_parser("config", help="run configs: config show prints every key")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
