@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from test_train import rows_without_timing, tiny  # the tiny-run config shared by both files
+from wageubn.quant.fusion import fusion
 from wageubn.train import CheckpointError, RunConfig, load_checkpoint, load_run_config, train
 from wageubn.train.checkpoint import atomic_write_bytes, serialize_checkpoint
 from wageubn.train.lifecycle import describe_status
@@ -221,12 +222,15 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     info = json.loads((run / "run.json").read_text())  # SIGKILL leaves "running" behind...
     gone = f"ended without a final status: process {proc.pid} on {info['owner']['host']} is gone"
     assert info["status"] == "running" and describe_status(info)[0].startswith(gone)  # ...seen
-    resumed = train(load_run_config(path), resume=run)
+    # The killed process ran the kernels' eager code (conftest: child processes do); float sums
+    # compiled in another order may differ in a last bit, so compare runs of one fusion mode.
+    with fusion(False):
+        resumed = train(load_run_config(path), resume=run)
+        straight = train(load_run_config(path, {"train.run_name": "straight"}))
     assert resumed["step"] == steps_total and resumed["status"] == "completed"
     assert json.loads((run / "run.json").read_text())["resumes"][0]["previous_status"].startswith(
         gone
     )
-    straight = train(load_run_config(path, {"train.run_name": "straight"}))
     a, b = load_checkpoint(straight["last_checkpoint"]), load_checkpoint(resumed["last_checkpoint"])
     for key in ("model", "optimizer"):
         sa, sb = a[key], b[key]

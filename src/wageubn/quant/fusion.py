@@ -3,13 +3,17 @@
 A function decorated with ``@fused`` is plain PyTorch (eager) code. On its first call it is
 compiled by ``torch.compile(fullgraph=True)`` into one kernel per loop (a reduction and an
 elementwise pass, typically), with the tensors' sizes symbolic and every non-tensor argument (bit
-widths, flags) a constant of that compiled variant; later calls of any shape reuse it. Inductor keeps the result in its on-disk cache, so a second process starts in seconds.
+widths, flags) a constant of that compiled variant; later calls of any shape reuse it. Inductor keeps the result in its on-disk cache, so a
+second process starts in seconds.
 
-The compiled and the eager version compute the same values: every kernel here is elementwise
-arithmetic that is exact or correctly rounded per element (powers of two, ``round``, ``clamp``,
-one IEEE division), and the reductions are either ``max`` (order-free) or sums accumulated in
-float64 (whose float32 rounding does not depend on the order in practice; see
-docs/WAGEUBN.md §2, "reduction order").
+The compiled and the eager version compute the same quantized values: every kernel here is
+elementwise arithmetic that is exact or correctly rounded per element (powers of two, ``round``,
+``clamp``, one IEEE division), and the reductions are either ``max`` (order-free) or sums
+accumulated in float64 (docs/WAGEUBN.md §2, "reduction order"). Those float64 sums are added in
+another order when compiled; rounded to float32 they almost always agree, but a float value fed
+by them — BN's running statistics, the gradient reaching a float stem — can differ in its last
+bit. So a run is reproduced bit for bit (``--resume`` included) under one fusion setting; tests
+that compare across settings allow that last bit for float values (tests/test_fusion.py).
 
 Eager instead of compiled:
 
