@@ -204,3 +204,16 @@ def ref_small_cnn_logits(x, p):
     a = ref_relu(ref_bn(z, p["bn3.weight"], p["bn3.bias"]))
     a = F_.adaptive_avg_pool2d(a, 7)  # not re-quantized
     return F_.linear(a.flatten(1), p["fc.weight"], p["fc.bias"])  # float classifier
+
+
+def fit(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A of the ``int8`` mode: ``2^e · round(x / 2^e)`` with ``e`` the smallest integer >= 1 − k
+    such that ``max|x| <= (2^(k−1) − 1) · 2^e`` (codes within ±(2^(k−1) − 1), no saturation)."""
+    vals = _values(x)
+    a = max((abs(v) for v in vals), default=F(0))
+    top = 2 ** (k - 1) - 1
+    e = 1 - k
+    while a > top * F(2) ** e:
+        e += 1
+    s = F(2) ** e
+    return _tensor([s * round(v / s) for v in vals], x)

@@ -1,17 +1,28 @@
 """``quantize_(model, config)`` / ``to_float_(model)``: in-place module swap on any ``nn.Module`` tree.
 
-=====================  ====================  ==============================================
-float module           quantized module      what the swap adds
-=====================  ====================  ==============================================
-``nn.Conv2d``          ``QuantConv2d``       W = QC forward, E2 = FQ on the output gradient
-``nn.Linear``          ``QuantLinear``       the same
-``nn.BatchNorm2d``     ``QuantBatchNorm2d``  μ, σ, x̂, γ, β quantized
-``nn.ReLU``            ``QuantReLU``         A = Q forward, E1 = SQ on the gradient
-=====================  ====================  ==============================================
+========================  ===========================  ========================================
+float module              quantized module             what the swap adds
+========================  ===========================  ========================================
+``nn.Conv2d``             ``QuantConv2d``              W = QC forward, E2 = FQ on the output grad
+``nn.Conv1d``             ``QuantConv1d``              the same
+``nn.Linear``             ``QuantLinear``              the same
+``nn.Embedding``          ``QuantEmbedding``           rows of QC(W); E2 on the output gradient
+``nn.MultiheadAttention`` ``QuantMultiheadAttention``  projections as above; Q·Kᵀ and P·V with
+                                                       A operands and E2; softmax float
+``nn.BatchNorm2d``        ``QuantBatchNorm2d``         μ, σ, x̂, γ, β quantized
+``nn.BatchNorm1d``        ``QuantBatchNorm1d``         the same
+``nn.LayerNorm``          ``QuantLayerNorm``           the same, statistics per row
+``nn.GroupNorm``          ``QuantGroupNorm``           the same, statistics per group
+``LayerNorm2d``           ``QuantLayerNorm2d``         torchvision's (ConvNeXt), per pixel
+``nn.ReLU``               ``QuantReLU``                A = Q forward, E1 = SQ on the gradient
+``nn.ReLU6`` …            ``QuantReLU6`` …             the same for ReLU6, LeakyReLU, Hardswish,
+                                                       Hardsigmoid, SiLU, GELU, Sigmoid, Tanh
+========================  ===========================  ========================================
 
 As in the released code, the first ``Conv2d`` (the stem) and the last ``Linear`` (the classifier)
 in registration order stay float unless ``config.quantize_stem`` / ``config.quantize_head`` say
-otherwise. Containers and shape-only modules (pooling, flatten, dropout, identity) need no swap.
+otherwise. Containers and shape-only modules (pooling, flatten, dropout, identity, torchvision's
+``StochasticDepth`` and ``Permute``) need no swap; the children of a swapped attention are part of it.
 Any other module that ``filter_fn`` selects has no quantized counterpart, and with
 ``arithmetic="int8"`` a convolution padded other than by zeros (``padding_mode`` reflect, replicate,
 circular) or by a string (``"same"``) cannot run: ``quantize_`` raises one
@@ -29,17 +40,43 @@ from torch import nn
 from .config import WAGEUBNConfig
 from .fuse import fuse_bn_relu_
 from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from .nn.activations import QUANT_ACTIVATIONS
+from .nn.attention import QuantMultiheadAttention, attention_problem
+from .nn.norms import (
+    QuantBatchNorm1d,
+    QuantGroupNorm,
+    QuantLayerNorm,
+    layer_norm2d_pair,
+)
+from .nn.products import QuantConv1d, QuantEmbedding, embedding_problem
 from .quant import direct_quantize
 
 __all__ = ["QUANT_MODULES", "UnsupportedModuleError", "quantize_", "to_float_"]
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
+    nn.Conv1d: QuantConv1d,
     nn.Linear: QuantLinear,
+    nn.Embedding: QuantEmbedding,
+    nn.MultiheadAttention: QuantMultiheadAttention,
     nn.BatchNorm2d: QuantBatchNorm2d,
+    nn.BatchNorm1d: QuantBatchNorm1d,
+    nn.LayerNorm: QuantLayerNorm,
+    nn.GroupNorm: QuantGroupNorm,
     nn.ReLU: QuantReLU,
+    **QUANT_ACTIVATIONS,
 }
+"""float class → quantized class. torchvision's ``LayerNorm2d`` → ``QuantLayerNorm2d`` is added
+when a model could hold it (``torchvision.models.convnext`` imported): importing wageubn imports
+no torchvision."""
 _FLOAT_OF = {q: f for f, q in QUANT_MODULES.items()}
+
+
+def _register_optional() -> None:
+    pair = layer_norm2d_pair()
+    if pair is not None and pair[0] not in QUANT_MODULES:
+        QUANT_MODULES[pair[0]] = pair[1]
+        _FLOAT_OF[pair[1]] = pair[0]
 
 # Modules that only move, pick or drop values already on a grid: nothing to quantize.
 _TRANSPARENT = (
@@ -47,12 +84,22 @@ _TRANSPARENT = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.MaxPool1d,
+    nn.AvgPool1d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
     nn.Flatten,
     nn.Unflatten,
     nn.Dropout,
+    nn.Dropout1d,
     nn.Dropout2d,
     nn.Identity,
 )
+# the same, for classes of optional packages (matched by name: nothing is imported for them)
+_TRANSPARENT_NAMES = {
+    "torchvision.ops.stochastic_depth.StochasticDepth",  # drop path: dropout of whole samples
+    "torchvision.ops.misc.Permute",
+}
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -102,6 +149,7 @@ def quantize_(
         )
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("quantize_: filter_fn must be callable as filter_fn(module, fqn) -> bool")
+    _register_optional()
     stem, head = _stem_and_head(model)
     keep_float = set()
     if stem is not None and not config.quantize_stem:
@@ -114,33 +162,41 @@ def quantize_(
     swaps: list[tuple[str, nn.Module]] = []
     reconfigure: list[nn.Module] = []
     unsupported: list[str] = []
+    inside: list[str] = []  # modules converted as a whole (attention): their children come along
     for fqn, mod in model.named_modules():
+        if any(fqn.startswith(p + ".") for p in inside):
+            continue
         if filter_fn is not None and not filter_fn(mod, fqn):
             continue
         if type(mod) in _FLOAT_OF:  # already quantized: re-configure
-            problem = _int8_conv_problem(mod, config)
+            problem = _problem(mod, config)
             if problem:
                 unsupported.append(f"{fqn or 'the model'} {problem}")
             reconfigure.append(mod)
+            if mod._modules:
+                inside.append(fqn)
             continue
         if fqn in keep_float:
             continue
         if type(mod) in QUANT_MODULES:
-            problem = _int8_conv_problem(mod, config)
+            problem = _problem(mod, config)
             if problem:
                 unsupported.append(f"{fqn or 'the model'} {problem}")
             else:
                 swaps.append((fqn, mod))
+            if mod._modules:
+                inside.append(fqn)
             continue
         has_own_params = next(mod.parameters(recurse=False), None) is not None
-        if not has_own_params and isinstance(mod, _TRANSPARENT + _CONTAINERS):
+        if not has_own_params and (
+            isinstance(mod, _TRANSPARENT + _CONTAINERS) or _qualname(mod) in _TRANSPARENT_NAMES
+        ):
             continue
         if not has_own_params and mod._modules:  # a user block: its children are visited
             continue
         what = "has parameters of its own and " if has_own_params else ""
         unsupported.append(
-            f"{fqn or 'the model'} is a {type(mod).__module__}.{type(mod).__name__}, "
-            f"which {what}has no quantized counterpart"
+            f"{fqn or 'the model'} is a {_qualname(mod)}, which {what}has no quantized counterpart"
         )
     if unsupported:
         many = f"{len(unsupported)} modules cannot be converted: " if len(unsupported) > 1 else ""
@@ -160,20 +216,34 @@ def quantize_(
     return model
 
 
+def _qualname(mod: nn.Module) -> str:
+    return f"{type(mod).__module__}.{type(mod).__name__}"
+
+
+def _problem(mod: nn.Module, config: WAGEUBNConfig) -> str | None:
+    """Why ``mod`` cannot be converted with ``config`` (None when it can)."""
+    if isinstance(mod, nn.MultiheadAttention):
+        return attention_problem(mod)
+    if isinstance(mod, nn.Embedding):
+        return embedding_problem(mod, config)
+    return _int8_conv_problem(mod, config)
+
+
 def _int8_conv_problem(mod: nn.Module, config: WAGEUBNConfig) -> str | None:
     """Why ``arithmetic="int8"`` cannot run this convolution (None when it can): the integer
     convolution pads with zeros by a number of pixels, nothing else."""
-    if config.arithmetic != "int8" or not isinstance(mod, nn.Conv2d | QuantConv2d):
+    if config.arithmetic != "int8" or not isinstance(mod, nn.Conv2d | nn.Conv1d):
         return None
+    kind = type(mod).__name__.removeprefix("Quant")
     if mod.padding_mode != "zeros":
         return (
-            f"is a Conv2d with padding_mode={mod.padding_mode!r}, which arithmetic='int8' cannot "
+            f"is a {kind} with padding_mode={mod.padding_mode!r}, which arithmetic='int8' cannot "
             "run (zero padding only); use padding_mode='zeros' or a preset with simulated "
             "arithmetic"
         )
     if isinstance(mod.padding, str):
         return (
-            f"is a Conv2d with padding={mod.padding!r}, which arithmetic='int8' cannot run; give "
+            f"is a {kind} with padding={mod.padding!r}, which arithmetic='int8' cannot run; give "
             "the padding in pixels (e.g. padding=1 for a 3x3 kernel)"
         )
     return None
@@ -181,19 +251,26 @@ def _int8_conv_problem(mod: nn.Module, config: WAGEUBNConfig) -> str | None:
 
 @torch.no_grad()
 def _snap_to_grid(mod: nn.Module, config: WAGEUBNConfig) -> None:
-    if isinstance(mod, (QuantConv2d, QuantLinear)) and config.weight_init is not None:
-        mod.weight.copy_(direct_quantize(mod.weight, config.weight_init))
-    if isinstance(mod, QuantBatchNorm2d) and config.update is not None:
-        for p in (mod.weight, mod.bias):
-            if p is not None:
-                p.copy_(direct_quantize(p, config.update))
+    """Quantized weights (role ``"weight"``) onto the ``weight_init`` grid, normalization
+    γ/β (role ``"bn"``) onto the ``update`` grid."""
+    grids = {"weight": config.weight_init, "bn": config.update}
+    for m in mod.modules():
+        roles = getattr(type(m), "PARAM_ROLES", {})
+        for name, p in m.named_parameters(recurse=False):
+            bits = grids.get(roles.get(name, ""))
+            if bits is not None:
+                p.copy_(direct_quantize(p, bits))
 
 
 def to_float_(model: nn.Module) -> nn.Module:
     """Undo ``quantize_``: every quantized module back to its ``torch.nn`` class (same parameters)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_float_: model must be an nn.Module, got {type(model).__name__}")
-    swaps = [(fqn, m.to_float()) for fqn, m in model.named_modules() if type(m) in _FLOAT_OF]
+    _register_optional()
+    swaps: list[tuple[str, nn.Module]] = []
+    for fqn, m in model.named_modules():
+        if type(m) in _FLOAT_OF and not any(fqn.startswith(p + ".") for p, _ in swaps):
+            swaps.append((fqn, m.to_float()))
     for fqn, new in swaps:
         if fqn == "":
             raise TypeError("to_float_: the model itself is a quantized layer; use its to_float()")
