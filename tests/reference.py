@@ -217,3 +217,51 @@ def fit(x: torch.Tensor, k: int) -> torch.Tensor:
         e += 1
     s = F(2) ** e
     return _tensor([s * round(v / s) for v in vals], x)
+
+
+class _Norm(torch.autograd.Function):
+    """The BN contract over arbitrary statistics axes ``dims`` (LayerNorm, GroupNorm,
+    LayerNorm2d): ``gamma``/``beta`` already shaped to broadcast against ``x``. Sums in float64,
+    rounded once to float32, as in ``_BN``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, dims, eps):
+        m = 1
+        for d in dims:
+            m *= x.shape[d]
+        xd = x.double()
+        mean64 = xd.sum(dims, keepdim=True) / m
+        mean = mean64.float()
+        var = torch.clamp((xd * xd).sum(dims, keepdim=True) / m - mean64 * mean64, min=0).float()
+        std = torch.sqrt(var)
+        mu_q = direct(mean, 16).float()
+        sd_q = direct(std, 16).float() + eps
+        t = (x - mu_q) / sd_q
+        xhat = direct(t, 8).float()
+        g_q, b_q = direct(gamma, 8).float(), direct(beta, 8).float()
+        ctx.save_for_backward(x, mean, std, sd_q, g_q, t, xhat)
+        ctx.dims, ctx.m = dims, m
+        return xhat * g_q + b_q
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, std, sd_q, g_q, t, xhat = ctx.saved_tensors
+        dims, m = ctx.dims, ctx.m
+        param_axes = tuple(i for i in range(x.dim()) if g_q.shape[i] == 1)
+        dgamma = (dy.double() * xhat.double()).sum(param_axes, keepdim=True).float()
+        dbeta = dy.double().sum(param_axes, keepdim=True).float()
+        dt = dy * g_q
+        s0 = dt.double().sum(dims, keepdim=True)
+        s2 = (dt.double() * t.double()).sum(dims, keepdim=True)
+        sq, sd = sd_q.double(), std.double()
+        d_mu = -s0 / sq
+        d_var = torch.where(sd > 0, (-s2 / sq) / (2.0 * sd), 0.0)
+        k0 = (d_mu / m).float()
+        k1 = (2.0 * d_var / m).float()
+        dx = dt / sd_q + k0 + (x - mean) * k1
+        return dx, dgamma, dbeta, None, None
+
+
+def ref_norm(x, gamma, beta, dims, eps=2.0**-15):
+    """WAGEUBN normalization with statistics over ``dims`` (kept); see ``_Norm``."""
+    return _Norm.apply(x, gamma, beta, dims, eps)

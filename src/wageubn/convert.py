@@ -32,26 +32,33 @@ Nothing is skipped silently.
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .config import WAGEUBNConfig
+from .functional import FloatCall, plan_functional, undo_functional
 from .fuse import fuse_bn_relu_
 from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from .nn.activations import QUANT_ACTIVATIONS
 from .nn.attention import QuantMultiheadAttention, attention_problem
-from .nn.norms import (
-    QuantBatchNorm1d,
-    QuantGroupNorm,
-    QuantLayerNorm,
-    layer_norm2d_pair,
-)
+from .nn.blocks import QuantCNBlock
+from .nn.norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .nn.products import QuantConv1d, QuantEmbedding, embedding_problem
 from .quant import direct_quantize
 
-__all__ = ["QUANT_MODULES", "UnsupportedModuleError", "quantize_", "to_float_"]
+__all__ = [
+    "FLOAT_PARAMETERS",
+    "QUANT_MODULES",
+    "FloatCall",
+    "UnsupportedModuleError",
+    "float_calls",
+    "quantize_",
+    "to_float_",
+]
 
 QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Conv2d: QuantConv2d,
@@ -66,17 +73,25 @@ QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
     nn.ReLU: QuantReLU,
     **QUANT_ACTIVATIONS,
 }
-"""float class → quantized class. torchvision's ``LayerNorm2d`` → ``QuantLayerNorm2d`` is added
-when a model could hold it (``torchvision.models.convnext`` imported): importing wageubn imports
-no torchvision."""
+"""float class → quantized class. torchvision's ``LayerNorm2d`` and ``CNBlock`` (ConvNeXt) are
+added when a model could hold them (``torchvision.models.convnext`` imported): importing wageubn
+imports no torchvision."""
 _FLOAT_OF = {q: f for f, q in QUANT_MODULES.items()}
 
 
+_OPTIONAL = {  # module that defines the float class -> (class name, quantized class)
+    "torchvision.models.convnext": [("LayerNorm2d", QuantLayerNorm2d), ("CNBlock", QuantCNBlock)],
+}
+
+
 def _register_optional() -> None:
-    pair = layer_norm2d_pair()
-    if pair is not None and pair[0] not in QUANT_MODULES:
-        QUANT_MODULES[pair[0]] = pair[1]
-        _FLOAT_OF[pair[1]] = pair[0]
+    for module_name, pairs in _OPTIONAL.items():
+        module = sys.modules.get(module_name)
+        for name, qcls in pairs:
+            fcls = getattr(module, name, None)
+            if fcls is not None and fcls not in QUANT_MODULES:
+                QUANT_MODULES[fcls] = qcls
+                _FLOAT_OF[qcls] = fcls
 
 # Modules that only move, pick or drop values already on a grid: nothing to quantize.
 _TRANSPARENT = (
@@ -99,11 +114,28 @@ _TRANSPARENT = (
 _TRANSPARENT_NAMES = {
     "torchvision.ops.stochastic_depth.StochasticDepth",  # drop path: dropout of whole samples
     "torchvision.ops.misc.Permute",
+    "torchvision.models.maxvit.WindowPartition",
+    "torchvision.models.maxvit.WindowDepartition",
+    "torchvision.models.maxvit.SwapAxes",
 }
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
+FLOAT_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "torchvision.models.vision_transformer.VisionTransformer": ("class_token",),
+    "torchvision.models.vision_transformer.Encoder": ("pos_embedding",),
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": (
+        "relative_position_bias_table",
+    ),
+}
+"""Own parameters of known blocks that stay float, as biases do (added to activations, not
+multiplied): a class token, a position embedding, a relative-position bias table. A class of your
+own declares them as ``WAGEUBN_FLOAT_PARAMETERS = ("name", ...)``. Any other parameter of a module
+without a quantized counterpart is an error."""
+
 FilterFn = Callable[[nn.Module, str], bool]
+
+log = logging.getLogger(__name__)
 
 
 class UnsupportedModuleError(NotImplementedError):
@@ -122,10 +154,20 @@ def _stem_and_head(model: nn.Module) -> tuple[str | None, str | None]:
     return (convs[0] if convs else None), (linears[-1] if linears else None)
 
 
+def _float_parameters(mod: nn.Module) -> tuple[str, ...]:
+    declared = getattr(type(mod), "WAGEUBN_FLOAT_PARAMETERS", None)
+    if declared is None:
+        declared = FLOAT_PARAMETERS.get(_qualname(mod), ())
+    own = dict(mod.named_parameters(recurse=False))
+    return tuple(n for n in declared if n in own)
+
+
 def quantize_(
     model: nn.Module,
     config: WAGEUBNConfig | str = "paper",
     filter_fn: FilterFn | None = None,
+    *,
+    functional: bool = True,
 ) -> nn.Module:
     """Swap every supported module of ``model`` for its WAGEUBN counterpart, in place; returns ``model``.
 
@@ -133,6 +175,11 @@ def quantize_(
     the modules to convert (default: all). Parameters and buffers are carried over as the same
     objects; quantized conv/linear weights are snapped to the ``weight_init`` grid and BN γ/β to
     the ``update`` grid, so the stored values lie on their grids from the first step.
+
+    ``functional=True`` also quantizes the activations that ``forward`` code calls as functions
+    (``F.relu``, ``F.gelu``, ``x.sigmoid()``, ...; ``wageubn.functional``); every call that stays
+    float (functional products, residual sums, untraceable modules ...) is listed by
+    ``float_calls(model)`` and summarized in the log.
     """
     if isinstance(config, str):
         config = WAGEUBNConfig.preset(config)
@@ -187,7 +234,8 @@ def quantize_(
             if mod._modules:
                 inside.append(fqn)
             continue
-        has_own_params = next(mod.parameters(recurse=False), None) is not None
+        own = {n for n, _ in mod.named_parameters(recurse=False)}
+        has_own_params = bool(own - set(_float_parameters(mod)))
         if not has_own_params and (
             isinstance(mod, _TRANSPARENT + _CONTAINERS) or _qualname(mod) in _TRANSPARENT_NAMES
         ):
@@ -198,6 +246,13 @@ def quantize_(
         unsupported.append(
             f"{fqn or 'the model'} is a {_qualname(mod)}, which {what}has no quantized counterpart"
         )
+    plan = plan_functional(
+        model,
+        convertible=lambda m: type(m) in QUANT_MODULES or type(m) in _FLOAT_OF,
+        selected=lambda m, p: filter_fn is None or bool(filter_fn(m, p)),
+        float_parameters=_float_parameters,
+    )
+    unsupported.extend(plan.problems)
     if unsupported:
         many = f"{len(unsupported)} modules cannot be converted: " if len(unsupported) > 1 else ""
         raise UnsupportedModuleError(
@@ -211,9 +266,42 @@ def quantize_(
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
         _snap_to_grid(new, config)
+    if functional:
+        plan.apply(config)
+    model._wageubn_float_calls = plan.float_calls + (
+        [] if functional else
+        [FloatCall(rw.path, call, "activation", "functional=False: not quantized")
+         for rw in plan.rewrites for call in rw.calls]
+    )  # fmt: skip
+    _log_float_calls(model._wageubn_float_calls)
     fuse_bn_relu_(model)  # speed and memory only: BN computes the ReLU after it where it may
     model._wageubn_config = config  # read by the trainer, the exporter and the diagnostics
     return model
+
+
+def float_calls(model: nn.Module) -> list[FloatCall]:
+    """What stays float in a model converted by ``quantize_``, beyond what the contract keeps float
+    by module (stem, head): functional products and normalizations, softmax, residual sums,
+    elementwise products, pooling, float parameters, modules ``torch.fx`` cannot trace."""
+    if not hasattr(model, "_wageubn_float_calls"):
+        raise ValueError("float_calls: the model was not converted by quantize_")
+    return list(model._wageubn_float_calls)
+
+
+_LOUD = ("product", "activation", "normalization", "untraced", "other")
+
+
+def _log_float_calls(calls: list[FloatCall]) -> None:
+    loud = [c for c in calls if c.kind in _LOUD]
+    if loud:
+        shown = "; ".join(str(c) for c in loud[:8]) + ("; ..." if len(loud) > 8 else "")
+        log.warning(
+            "quantize_: %d call(s) in forward code stay float (wageubn.convert.float_calls(model) "
+            "lists them all): %s", len(loud), shown,
+        )  # fmt: skip
+    quiet = len(calls) - len(loud)
+    if quiet:
+        log.info("quantize_: %d float sums/products/pooling/parameter calls, as the contract", quiet)
 
 
 def _qualname(mod: nn.Module) -> str:
@@ -276,5 +364,7 @@ def to_float_(model: nn.Module) -> nn.Module:
             raise TypeError("to_float_: the model itself is a quantized layer; use its to_float()")
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
+    undo_functional(model)
     model.__dict__.pop("_wageubn_config", None)
+    model.__dict__.pop("_wageubn_float_calls", None)
     return model

@@ -14,6 +14,7 @@ from .activations import (
     QuantTanh,
 )
 from .attention import QuantMultiheadAttention
+from .blocks import QuantCNBlock
 from .norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .products import QuantConv1d, QuantEmbedding
 from .quantizers import ROLE_TAG
@@ -23,6 +24,7 @@ __all__ = [
     "QuantActivation",
     "QuantBatchNorm1d",
     "QuantBatchNorm2d",
+    "QuantCNBlock",
     "QuantConv1d",
     "QuantConv2d",
     "QuantEmbedding",

@@ -130,15 +130,17 @@ class _Activation(torch.autograd.Function):
     def forward(ctx, x, kind: ActivationKind, spec: ActivationSpec, obs):  # type: ignore[override]
         y = kind.apply(x)
         bits = spec.activation
+        codes = None
         if bits is None:
             a = y
         elif spec.int8:
             codes, e, guard = device.q_fit(y, bits)  # int8 codes, 0-dim exponent, NaN guard
             a = device.decode(codes, e, y.dtype) + guard.to(y.dtype)
-            if kind.nonneg:
-                attach_codes(a, codes, e, guard, bits)
         else:
             a = device.q_direct(y, bits)
+        a = a.detach() if a._is_view() else a  # a tensor of its own: callers may modify it in place
+        if codes is not None and kind.nonneg:
+            attach_codes(a, codes, e, guard, bits)
         if obs is not None and bits is not None:
             obs("A", y.detach(), a.detach(), spec.a_kind, bits)
         ctx.save_for_backward(y if kind.saves_output else x)

@@ -107,6 +107,7 @@ class _Norm(torch.autograd.Function):
         beta_q = None if beta is None else _q(beta.detach(), spec.k_beta)
         y = xhat if gamma_q is None else xhat * gamma_q
         y = y if beta_q is None else y + beta_q
+        y = y.detach() if y._is_view() else y  # a tensor of its own: callers may modify it in place
         if obs is not None:
             for role, before, after, bits in (
                 ("bn_mean", mean, mu_q, spec.k_mean),
@@ -134,7 +135,7 @@ class _Norm(torch.autograd.Function):
         g_shape, b_shape = ctx.param_shapes
         if g_shape is not None and ctx.needs_input_grad[1]:
             xhat = _q(t, ctx.k_xhat)
-            dgamma = _sum_to((g * xhat).to(torch.float64), g_shape).to(g.dtype)
+            dgamma = _sum_to(g.to(torch.float64) * xhat.to(torch.float64), g_shape).to(g.dtype)
         if b_shape is not None and ctx.needs_input_grad[2]:
             dbeta = _sum_to(g.to(torch.float64), b_shape).to(g.dtype)
         if ctx.needs_input_grad[0]:
@@ -301,14 +302,3 @@ def _roles(c: WAGEUBNConfig) -> str:
     return (
         f"mu={c.bn_mean}, sigma={c.bn_std}, xhat={c.bn_xhat}, gamma={c.bn_gamma}, beta={c.bn_beta}"
     )
-
-
-def layer_norm2d_pair() -> tuple[type[nn.Module], type[nn.Module]] | None:
-    """``(torchvision's LayerNorm2d, QuantLayerNorm2d)`` when torchvision's ConvNeXt module is
-    already imported (the class can only occur in a model then), else None."""
-    import sys
-
-    convnext = sys.modules.get("torchvision.models.convnext")
-    if convnext is None or not hasattr(convnext, "LayerNorm2d"):
-        return None
-    return convnext.LayerNorm2d, QuantLayerNorm2d
