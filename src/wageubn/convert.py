@@ -246,9 +246,12 @@ def quantize_(
         unsupported.append(
             f"{fqn or 'the model'} is a {_qualname(mod)}, which {what}has no quantized counterpart"
         )
+    quantized = {id(m): type(m) for m in reconfigure}
+    quantized.update((id(m), QUANT_MODULES[type(m)]) for _, m in swaps)
     plan = plan_functional(
         model,
         convertible=lambda m: type(m) in QUANT_MODULES or type(m) in _FLOAT_OF,
+        quantized_roles=lambda m: getattr(quantized.get(id(m)), "PARAM_ROLES", {}),
         selected=lambda m, p: filter_fn is None or bool(filter_fn(m, p)),
         float_parameters=_float_parameters,
     )

@@ -213,14 +213,16 @@ def _kind(short: str) -> str:
 def plan_functional(
     model: nn.Module,
     convertible: Callable[[nn.Module], bool],
+    quantized_roles: Callable[[nn.Module], dict[str, str]],
     selected: Callable[[nn.Module, str], bool],
     float_parameters: Callable[[nn.Module], tuple[str, ...]],
 ) -> FunctionalPlan:
     """Read every module's own ``forward``; nothing is changed (see the module docstring).
 
-    ``convertible(child)``: whether ``quantize_`` will quantize that child (its weights may then
-    not be read directly); ``selected(module, path)``: the user's ``filter_fn``;
-    ``float_parameters(module)``: the module's own parameters that stay float."""
+    ``convertible(module)``: a module with a quantized counterpart (its forward is not read);
+    ``quantized_roles(child)``: the parameter roles ``child`` will have once converted ({} when
+    it stays float): such a parameter may not be read directly; ``selected(module, path)``: the
+    user's ``filter_fn``; ``float_parameters(module)``: its own parameters that stay float."""
     plan = FunctionalPlan()
     counter = 0
     for path, mod in model.named_modules():
@@ -253,7 +255,7 @@ def plan_functional(
             index = 0  # the k-th activation of the eval graph shares the train graph's module
             for node in list(graph.nodes):
                 if node.op == "get_attr":
-                    _check_weight_read(mod, path, node, convertible, plan)
+                    _check_weight_read(mod, path, node, quantized_roles, plan)
                 if node.op not in ("call_function", "call_method"):
                     continue
                 swap = _activation_module(node) if selected(mod, path) else None
@@ -294,7 +296,7 @@ def plan_functional(
 _ACT_SHORT = {k for k, _ in _ACTIVATIONS.values()} | set(_METHOD_ACTIVATIONS)
 
 
-def _check_weight_read(mod, path, node, convertible, plan: FunctionalPlan) -> None:
+def _check_weight_read(mod, path, node, quantized_roles, plan: FunctionalPlan) -> None:
     owner_path, _, attr = str(node.target).rpartition(".")
     if not owner_path:
         return
@@ -302,7 +304,7 @@ def _check_weight_read(mod, path, node, convertible, plan: FunctionalPlan) -> No
         owner = mod.get_submodule(owner_path)
     except AttributeError:
         return
-    if convertible(owner) and attr in dict(owner.named_parameters(recurse=False)):
+    if attr in quantized_roles(owner):
         where = f"{path}.{owner_path}" if path else owner_path
         problem = (
             f"{path or 'the model'} ({type(mod).__qualname__}) reads {node.target} directly in "
@@ -367,6 +369,7 @@ def _install(mod: nn.Module, graphs: dict[bool, fx.Graph], added: list[str]) -> 
     def forward(self, *args, **kwargs):
         return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
 
+    forward.graph_forwards = {True: train_fn, False: eval_fn}  # read by wageubn.fuse.Tracer
     mod.forward = types.MethodType(forward, mod)
     mod.__dict__[_MARK] = tuple(added)
 

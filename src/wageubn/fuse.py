@@ -34,6 +34,18 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, module_qualified_name)
 
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        # torch.fx traces type(root).forward; a root whose forward wageubn.functional rewrote
+        # (an instance attribute) is traced through that rewritten forward instead, on a view of
+        # the same module (shared __dict__: the same children, parameters and buffers)
+        graphs = getattr(getattr(root, "__dict__", {}).get("forward"), "graph_forwards", None)
+        if graphs is not None:
+            cls = type(root)
+            view = object.__new__(type(cls.__name__, (cls,), {"forward": graphs[root.training]}))
+            view.__dict__ = root.__dict__
+            root = view
+        return super().trace(root, concrete_args)
+
 
 def bn_relu_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(bn_path, relu_path)`` for every BN of ``model`` that feeds only one ``QuantReLU``.
