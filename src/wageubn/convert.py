@@ -48,6 +48,7 @@ from .nn.attention import QuantMultiheadAttention, attention_problem
 from .nn.blocks import QuantCNBlock
 from .nn.norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .nn.products import QuantConv1d, QuantEmbedding, embedding_problem
+from .nn.swin import QuantShiftedWindowAttention, QuantShiftedWindowAttentionV2
 from .quant import direct_quantize
 
 __all__ = [
@@ -73,14 +74,18 @@ QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
     nn.ReLU: QuantReLU,
     **QUANT_ACTIVATIONS,
 }
-"""float class → quantized class. torchvision's ``LayerNorm2d`` and ``CNBlock`` (ConvNeXt) are
-added when a model could hold them (``torchvision.models.convnext`` imported): importing wageubn
-imports no torchvision."""
+"""float class → quantized class. torchvision's ``LayerNorm2d`` and ``CNBlock`` (ConvNeXt) and
+``ShiftedWindowAttention(V2)`` (Swin) are added when a model could hold them (their torchvision
+module imported): importing wageubn imports no torchvision."""
 _FLOAT_OF = {q: f for f, q in QUANT_MODULES.items()}
 
 
 _OPTIONAL = {  # module that defines the float class -> (class name, quantized class)
     "torchvision.models.convnext": [("LayerNorm2d", QuantLayerNorm2d), ("CNBlock", QuantCNBlock)],
+    "torchvision.models.swin_transformer": [
+        ("ShiftedWindowAttention", QuantShiftedWindowAttention),
+        ("ShiftedWindowAttentionV2", QuantShiftedWindowAttentionV2),
+    ],
 }
 
 
@@ -127,6 +132,8 @@ FLOAT_PARAMETERS: dict[str, tuple[str, ...]] = {
     "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": (
         "relative_position_bias_table",
     ),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": ("relative_position_bias_table",),
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": ("logit_scale",),
 }
 """Own parameters of known blocks that stay float, as biases do (added to activations, not
 multiplied): a class token, a position embedding, a relative-position bias table. A class of your
@@ -220,7 +227,7 @@ def quantize_(
             if problem:
                 unsupported.append(f"{fqn or 'the model'} {problem}")
             reconfigure.append(mod)
-            if mod._modules:
+            if getattr(type(mod), "OWNS_CHILDREN", False):
                 inside.append(fqn)
             continue
         if fqn in keep_float:
@@ -231,7 +238,7 @@ def quantize_(
                 unsupported.append(f"{fqn or 'the model'} {problem}")
             else:
                 swaps.append((fqn, mod))
-            if mod._modules:
+            if getattr(QUANT_MODULES[type(mod)], "OWNS_CHILDREN", False):
                 inside.append(fqn)
             continue
         own = {n for n, _ in mod.named_parameters(recurse=False)}
@@ -359,9 +366,12 @@ def to_float_(model: nn.Module) -> nn.Module:
         raise TypeError(f"to_float_: model must be an nn.Module, got {type(model).__name__}")
     _register_optional()
     swaps: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
     for fqn, m in model.named_modules():
-        if type(m) in _FLOAT_OF and not any(fqn.startswith(p + ".") for p, _ in swaps):
+        if type(m) in _FLOAT_OF and not any(fqn.startswith(p + ".") for p in inside):
             swaps.append((fqn, m.to_float()))
+            if getattr(type(m), "OWNS_CHILDREN", False):
+                inside.append(fqn)
     for fqn, new in swaps:
         if fqn == "":
             raise TypeError("to_float_: the model itself is a quantized layer; use its to_float()")

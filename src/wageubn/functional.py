@@ -194,8 +194,15 @@ def _on_sizes(node: fx.Node, sizes: set[fx.Node]) -> bool:
         return True
     if node.target is getattr and len(node.args) > 1 and node.args[1] in ("shape", "ndim"):
         return True
+    if node.target in (operator.floordiv, operator.mod):  # integer arithmetic: sizes
+        return True
     inputs = [a for a in node.args if isinstance(a, fx.Node)]
+    if node.target in _SIZE_ARITHMETIC and any(a in sizes for a in inputs):
+        return True  # a tensor scaled by a size (x * d ** -0.5) is not worth a row either
     return bool(inputs) and all(a in sizes for a in inputs)
+
+
+_SIZE_ARITHMETIC = (operator.add, operator.sub, operator.mul, operator.truediv, operator.pow)
 
 
 def _makes_tuple(node: fx.Node) -> bool:

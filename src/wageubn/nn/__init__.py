@@ -18,6 +18,7 @@ from .blocks import QuantCNBlock
 from .norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .products import QuantConv1d, QuantEmbedding
 from .quantizers import ROLE_TAG
+from .swin import QuantShiftedWindowAttention, QuantShiftedWindowAttentionV2
 
 __all__ = [
     "ROLE_TAG",
@@ -39,6 +40,8 @@ __all__ = [
     "QuantMultiheadAttention",
     "QuantReLU",
     "QuantReLU6",
+    "QuantShiftedWindowAttention",
+    "QuantShiftedWindowAttentionV2",
     "QuantSiLU",
     "QuantSigmoid",
     "QuantTanh",

@@ -45,7 +45,7 @@ from .layers import QuantLinear, _check_config, _linear_args, retag, swap_module
 from .observe import tap
 from .quantizers import activation_q, error2, weight_q
 
-__all__ = ["QuantMultiheadAttention", "attention_problem"]
+__all__ = ["QuantMultiheadAttention", "attention_problem", "quant_bmm", "quant_linear"]
 
 
 def attention_problem(mod: nn.MultiheadAttention) -> str | None:
@@ -75,6 +75,7 @@ def _mha_args(mod: nn.MultiheadAttention) -> dict:
 class QuantMultiheadAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with quantized projections and attention products."""
 
+    OWNS_CHILDREN = True  # quantize_ converts out_proj with it (and back with to_float)
     PARAM_ROLES = {r: "weight" for r in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
                                          "v_proj_weight")}  # fmt: skip
 
@@ -170,24 +171,32 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
         return (out.transpose(0, 1) if self.batch_first else out), weights
 
     def _project(self, x, w, b, obs) -> torch.Tensor:
-        """``x·QC(w)ᵀ + b``, E2 on the output gradient (integer kernels in ``int8``)."""
-        cfg = self.config
-        if cfg.arithmetic == "int8":
-            z = _Int8Linear.apply(x.reshape(-1, x.shape[-1]), w, b, cfg, products(cfg), obs)
-            return z.reshape(*x.shape[:-1], w.shape[0])
-        return error2(F.linear(x, weight_q(w, cfg, obs), b), cfg, obs)
+        return quant_linear(x, w, b, self.config, obs)
 
     def _product(self, a, c, obs) -> torch.Tensor:
-        """``A(a) · A(c)ᵀ`` per batch (``(B, M, K)`` by ``(B, N, K)``), E2 on the gradient."""
-        cfg = self.config
-        if cfg.arithmetic == "int8":
-            return _Int8Bmm.apply(a, c, cfg, obs)
-        z = torch.bmm(activation_q(a, cfg, obs), activation_q(c, cfg, obs).transpose(1, 2))
-        return error2(z, cfg, obs)
+        return quant_bmm(a, c, self.config, obs)
 
     def extra_repr(self) -> str:
         c = self.config
         return f"W={c.weight}, A={c.activation}, E2={c.error2}, softmax=float"
+
+
+def quant_linear(x, w, b, config: WAGEUBNConfig, obs=None) -> torch.Tensor:
+    """``x·QC(w)ᵀ + b`` with E2 on the output gradient, as ``QuantLinear`` computes it (integer
+    kernels in ``int8``) — for a layer that owns the weight ``w`` and tags it as a weight."""
+    if config.arithmetic == "int8":
+        z = _Int8Linear.apply(x.reshape(-1, x.shape[-1]), w, b, config, products(config), obs)
+        return z.reshape(*x.shape[:-1], w.shape[0])
+    return error2(F.linear(x, weight_q(w, config, obs), b), config, obs)
+
+
+def quant_bmm(a, c, config: WAGEUBNConfig, obs=None) -> torch.Tensor:
+    """``A(a) · A(c)ᵀ`` per batch element (``(B, M, K)`` by ``(B, N, K)``), E2 on the gradient of
+    the product (integer kernels in ``int8``)."""
+    if config.arithmetic == "int8":
+        return _Int8Bmm.apply(a, c, config, obs)
+    z = torch.bmm(activation_q(a, config, obs), activation_q(c, config, obs).transpose(1, 2))
+    return error2(z, config, obs)
 
 
 def _merged_mask(attn_mask, key_padding_mask, n, h, tgt, src, dtype):
