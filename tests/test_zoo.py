@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wageubn import QSGD, quantize_
-from wageubn.convert import float_calls
+from wageubn.convert import QUANT_MODULES, float_calls
 from wageubn.nn import QuantConv2d, QuantLinear
 
 torchvision = pytest.importorskip("torchvision")
@@ -59,6 +59,8 @@ def test_torchvision_model_converts_and_steps(name):
     model = torchvision.models.get_model(name, num_classes=10, **KWARGS.get(name, {}))
     quantize_(model, "paper")
     assert any(isinstance(m, QuantConv2d | QuantLinear) for m in model.modules())
+    left = [n for n, m in model.named_modules() if type(m) in QUANT_MODULES]
+    assert len(left) <= 2, left  # only the float stem and head, as the released code
     calls = float_calls(model)
     assert not [c for c in calls if c.kind == "activation"], calls  # every activation quantized
     assert not [c for c in calls if c.kind == "untraced"], calls  # every forward was read

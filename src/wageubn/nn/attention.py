@@ -31,16 +31,7 @@ from torch import nn
 from .. import kernels
 from ..config import WAGEUBNConfig
 from ..quant import device
-from .int8 import (
-    Planes,
-    _combine,
-    _Int8Linear,
-    _two_plane_product,
-    decode_error2,
-    operand_codes,
-    planes_of,
-    products,
-)
+from .int8 import _Int8Linear, operand_codes, products
 from .layers import QuantLinear, _check_config, _linear_args, retag, swap_module
 from .observe import tap
 from .quantizers import activation_q, error2, weight_q
@@ -231,8 +222,7 @@ class _Int8Bmm(torch.autograd.Function):
         cc = operand_codes(c, bits)  # (B, N, K) int8
         if obs is not None:
             for t, codes in ((a, ca), (c, cc)):
-                obs("A", t.detach(), device.decode(codes.codes, codes.exponent, torch.float32),
-                    "fit", bits)  # fmt: skip
+                obs("A", t.detach(), _ldexp(codes.codes, codes.exponent), "fit", bits)
         be = config.int8_backend
         acodes, ccodes = ca.codes.contiguous(), cc.codes.contiguous()
         guard = ca.guard + cc.guard  # either operand not finite: every output NaN
@@ -254,42 +244,45 @@ class _Int8Bmm(torch.autograd.Function):
         a_codes, c_codes, ea, ec = ctx.saved_tensors
         nonneg, config, obs = ctx.meta
         bits, be = config.error2, config.int8_backend
-        planes = planes_of(g, bits)  # (B, M, N) int8 planes
+        # (B, M, N) int8 planes: FQ = coarse·2^e + fine·2^(e−k+1), each element in one plane
+        coarse, fine, e, guard = device.q_error2(g.detach().contiguous(), bits)
         if obs is not None:
-            obs("E2", g.detach(), decode_error2(planes, bits), "FQ", bits)
+            obs("E2", g.detach(), _planes_value(coarse, fine, e, guard, bits), "FQ", bits)
         da = dc = None
         if be == "float":
-            err = decode_error2(planes, bits)
+            err = _planes_value(coarse, fine, e, guard, bits)
             if ctx.needs_input_grad[0]:
                 da = torch.bmm(err, _ldexp(c_codes, ec))
             if ctx.needs_input_grad[1]:
                 dc = torch.bmm(err.transpose(1, 2), _ldexp(a_codes, ea))
             return da, dc, None, None
         x = a_codes.view(torch.uint8) if nonneg else a_codes
-        per = [Planes(planes.coarse[i], planes.fine[i], planes.exponent, planes.guard)
-               for i in range(g.shape[0])]  # fmt: skip
-        if ctx.needs_input_grad[0]:
-            da = torch.stack([_input_grad(p, c_codes[i], ec, bits, be) for i, p in enumerate(per)])
-        if ctx.needs_input_grad[1]:
-            dc = torch.stack([_weight_grad(p, x[i], ea, bits, be) for i, p in enumerate(per)])
+        m, n = g.shape[1], g.shape[2]
+        e_fine = e - (bits - 1)
+        if ctx.needs_input_grad[0]:  # both planes stacked along M: one product per element
+            accs = [kernels.linear_input_grad(torch.cat([coarse[i], fine[i]]), c_codes[i],
+                                              backend=be) for i in range(g.shape[0])]  # fmt: skip
+            acc = torch.stack(accs)  # (B, 2M, K) exact integers
+            da = _combine(acc[:, :m], acc[:, m:], bits, e_fine + ec, guard)
+        if ctx.needs_input_grad[1]:  # side by side along N
+            accs = [kernels.linear_weight_grad(torch.cat([coarse[i], fine[i]], dim=1), x[i],
+                                               backend=be) for i in range(g.shape[0])]  # fmt: skip
+            acc = torch.stack(accs)  # (B, 2N, K)
+            dc = _combine(acc[:, :n], acc[:, n:], bits, e_fine + ea, guard)
         return da, dc, None, None
 
 
-def _input_grad(planes: Planes, w: torch.Tensor, ew, bits: int, backend: str) -> torch.Tensor:
-    """``E2 · w`` for one batch element: two integer products combined exactly."""
-
-    def product(plane, out_exponent, guard):
-        return kernels.linear_input_grad(
-            plane, w, backend=backend, out_exponent=out_exponent, out_guard=guard
-        )
-
-    return _two_plane_product(product, planes, w.shape[0], bits, ew)
+def _combine(coarse_acc, fine_acc, bits: int, e: torch.Tensor, guard: torch.Tensor):
+    """``(2^(k−1)·coarse + fine) · 2^e`` rounded once to float32 (float64 holds the sums exactly
+    while ``|acc| < 2^53 / 2^(k−1)``; the kernels refuse longer sums)."""
+    acc = coarse_acc.double().mul_(float(2 ** (bits - 1))).add_(fine_acc.double())
+    return (device.ldexp(acc, e) + guard.double()).float()
 
 
-def _weight_grad(planes: Planes, x: torch.Tensor, ex, bits: int, backend: str) -> torch.Tensor:
-    """``E2ᵀ · x`` for one batch element."""
-    accs = [kernels.linear_weight_grad(p, x, backend=backend) for p in planes[:2]]
-    return _combine(*accs, bits, planes.exponent - bits + 1 + ex, planes.guard)
+def _planes_value(coarse, fine, e, guard, bits: int) -> torch.Tensor:
+    """The float32 value of E2 planes (+ the NaN guard)."""
+    value = device.ldexp(coarse.float(), e) + device.ldexp(fine.float(), e - bits + 1)
+    return value + guard
 
 
 def _ldexp(codes: torch.Tensor, e: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..config import WAGEUBNConfig
 from ..quant import device
-from .int8 import _Int8Conv2d, planes_of, products
+from .int8 import _Int8Conv2d, products
 from .layers import _check_config, retag, swap_module
 from .observe import tap
 from .quantizers import error2, weight_q
@@ -175,17 +175,17 @@ class _Int8Embedding(torch.autograd.Function):
         shape, padding_idx, bits, obs = ctx.meta
         if not ctx.needs_input_grad[1]:
             return None, None, None, None, None
-        p = planes_of(grad, bits)  # (…, D) int8 coarse and fine, exponent e, NaN guard
+        # int8 planes in grad's layout: FQ = coarse·2^e + fine·2^(e−k+1), NaN guard
+        coarse, fine, e, guard = device.q_error2(grad.detach().contiguous(), bits)
         if obs is not None:
-            from .int8 import decode_error2
-
-            obs("E2", grad.detach(), decode_error2(p, bits), "FQ", bits)
-        codes = p.coarse.to(torch.int32) * (2 ** (bits - 1)) + p.fine.to(torch.int32)
+            value = device.ldexp(coarse.float(), e) + device.ldexp(fine.float(), e - bits + 1)
+            obs("E2", grad.detach(), value + guard, "FQ", bits)
+        codes = coarse.to(torch.int32) * (2 ** (bits - 1)) + fine.to(torch.int32)
         # every row sums at most idx.numel() codes of |c| < 2^(2k−2): int64 when int32 could wrap
         wide = torch.int64 if idx.numel() * 2 ** (2 * bits - 2) >= 2**31 else torch.int32
         acc = torch.zeros(shape, dtype=wide, device=grad.device)
         acc.index_add_(0, idx.reshape(-1), codes.reshape(-1, shape[1]).to(wide))
         if padding_idx is not None:
             acc[padding_idx] = 0
-        dw = device.ldexp(acc.to(torch.float64), p.exponent - (bits - 1)) + p.guard.double()
+        dw = device.ldexp(acc.to(torch.float64), e - (bits - 1)) + guard.double()
         return None, dw.to(grad.dtype), None, None, None
