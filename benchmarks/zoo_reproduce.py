@@ -12,6 +12,7 @@ Writes ``benchmarks/results/zoo_reproduce.md`` (the README's table) and ``zoo_re
 
     python benchmarks/zoo_reproduce.py                       # ~1 h on 2 busy cores
     python benchmarks/zoo_reproduce.py --train-subset 50000  # the whole training set
+    python benchmarks/zoo_reproduce.py --models vit --merge earlier/zoo_reproduce.json
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from wageubn.train import load_run_config, train
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "mobilenet_v2": ("zoo_mnist_mobilenet_v2.yaml", "MobileNetV2 (torchvision, width 0.5)"),
-    "vit": ("zoo_mnist_vit.yaml", "ViT (torchvision VisionTransformer: patch 4, 4 blocks, width 128)"),
+    "vit": (
+        "zoo_mnist_vit.yaml",
+        "ViT (torchvision VisionTransformer: patch 4, 4 blocks, width 128)",
+    ),
 }
 PRESETS = ("fp32", "paper", "int8")
 
@@ -79,18 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="zoo_reproduce.json files of earlier invocations whose runs join this table",
+    )
     args = p.parse_args(argv)
-    t0 = time.perf_counter()
     rows: dict[str, list[dict]] = {}
+    for path in args.merge:
+        for model, model_rows in json.loads(path.read_text()).items():
+            rows.setdefault(model, []).extend(model_rows)
     for model in args.models:
         config, _ = MODELS[model]
         for preset in args.presets:
             rows.setdefault(model, []).append(run(config, preset, args, f"{model}-{preset}"))
             print(rows[model][-1], flush=True)
-    total = time.perf_counter() - t0
+    for model_rows in rows.values():
+        model_rows.sort(key=lambda r: PRESETS.index(r["preset"]))
+    total = sum(r["wall_s"] for model_rows in rows.values() for r in model_rows)
     lines = [
         f"Measured with `python benchmarks/zoo_reproduce.py --epochs {args.epochs} "
-        f"--train-subset {args.train_subset}` (total {total / 60:.0f} min) on "
+        f"--train-subset {args.train_subset}` (runs total {total / 60:.0f} min) on "
         f"{platform.machine()} with 2 threads, torch {torch.__version__}; seed 0 for every run; "
         "MNIST, the first "
         f"{args.train_subset} training images, the 10k test images; batch 64, lr 0.125, "

@@ -9,8 +9,8 @@ from torch import nn
 
 from wageubn import cli
 from wageubn.models import create_model
-from wageubn.train.runconfig import RunConfigError, load_run_config
 from wageubn.train.metrics import read_metrics
+from wageubn.train.runconfig import RunConfigError, load_run_config
 
 
 class TinyNet(nn.Module):

@@ -194,3 +194,30 @@ def test_functional_false_lists_the_activations_instead():
 def test_float_calls_needs_a_converted_model():
     with pytest.raises(ValueError, match="not converted by quantize_"):
         float_calls(nn.Linear(2, 2))
+
+
+def test_diagnostics_observe_the_new_layers():
+    """The quantization diagnostics see the new layers' quantizers (A/E1 of a functional GELU,
+    the BN roles of a LayerNorm, A and E2 inside attention)."""
+    from wageubn.diagnostics import Diagnostics
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 8)
+            self.norm = nn.LayerNorm(8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.norm(F.gelu(self.fc(x)))
+            return self.head(self.attn(h, h, h)[0])
+
+    model = quantize_(Net(), "paper")
+    diag = Diagnostics(model, every=1)
+    with diag.step(0):
+        model(torch.randn(2, 3, 4)).sum().backward()
+    seen = {(r["layer"], r["role"]) for r in diag.rows}
+    assert {("_wageubn_fn0", "A"), ("_wageubn_fn0", "E1")} <= seen
+    assert {("norm", "bn_mean"), ("norm", "bn_xhat"), ("norm", "bn_gamma")} <= seen
+    assert {("attn", "A"), ("attn", "E2"), ("attn", "W")} <= seen

@@ -18,7 +18,12 @@ PAPER = WAGEUBNConfig.preset("paper")
 FP32 = WAGEUBNConfig.preset("fp32")
 INT8 = WAGEUBNConfig.preset("int8")
 BACKENDS = [b for b in ("reference", "cpu", "cuda") if b in kernels.available_backends()]
-GEOMS = [(1, 1, 1, 1), (2, 0, 1, 1), (1, 2, 2, 1), (1, 1, 1, 2)]  # stride, padding, dilation, groups
+GEOMS = [
+    (1, 1, 1, 1),
+    (2, 0, 1, 1),
+    (1, 2, 2, 1),
+    (1, 1, 1, 2),
+]  # stride, padding, dilation, groups
 
 
 def _x(shape, seed=0, scale=1.0):

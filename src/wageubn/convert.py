@@ -98,6 +98,7 @@ def _register_optional() -> None:
                 QUANT_MODULES[fcls] = qcls
                 _FLOAT_OF[qcls] = fcls
 
+
 # Modules that only move, pick or drop values already on a grid: nothing to quantize.
 _TRANSPARENT = (
     nn.MaxPool2d,
@@ -311,7 +312,9 @@ def _log_float_calls(calls: list[FloatCall]) -> None:
         )  # fmt: skip
     quiet = len(calls) - len(loud)
     if quiet:
-        log.info("quantize_: %d float sums/products/pooling/parameter calls, as the contract", quiet)
+        log.info(
+            "quantize_: %d float sums/products/pooling/parameter calls, as the contract", quiet
+        )
 
 
 def _qualname(mod: nn.Module) -> str:

@@ -95,9 +95,7 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
 
     def to_float(self) -> nn.MultiheadAttention:
         new = swap_module(self, nn.MultiheadAttention, _mha_args(self))
-        new.out_proj = swap_module(
-            self.out_proj, type(new.out_proj), _linear_args(self.out_proj)
-        )
+        new.out_proj = swap_module(self.out_proj, type(new.out_proj), _linear_args(self.out_proj))
         return new
 
     def __setstate__(self, state: dict) -> None:
