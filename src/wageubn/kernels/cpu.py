@@ -23,7 +23,6 @@ codes (255 · −128, zero point 128 at −128) come out exact; otherwise every 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Callable
@@ -50,8 +49,26 @@ CL = torch.channels_last
 # ---------------------------------------------------------------------------------------- probes
 
 
-@functools.cache
+_PROBED: dict[str, bool] = {}
+
+
+def _probed(name: str, probe: Callable[[], bool]) -> bool:
+    """The cached result of an exactness probe (a plain dict, so ``torch.compile`` reads it as a
+    constant); the probe itself runs once, eagerly, outside any graph."""
+    if name not in _PROBED:
+        _PROBED[name] = torch.compiler.disable(probe)()
+    return _PROBED[name]
+
+
 def _int_mm_exact() -> bool:
+    return _probed("int_mm", _probe_int_mm)
+
+
+def _onednn_exact() -> bool:
+    return _probed("onednn", _probe_onednn)
+
+
+def _probe_int_mm() -> bool:
     """``torch._int_mm`` exists and is exact here on saturating codes (255 · −128 pairs)."""
     a = torch.full((3, 40), 255, dtype=torch.uint8)
     b = torch.full((40, 5), -128, dtype=torch.int8)
@@ -70,8 +87,7 @@ def _int_mm_exact() -> bool:
     return ok
 
 
-@functools.cache
-def _onednn_exact() -> bool:
+def _probe_onednn() -> bool:
     """oneDNN's u8·s8 convolution exists and is exact here on extreme codes.
 
     Without AVX512-VNNI, oneDNN pairs u8·s8 products in saturating int16 and is then inexact;

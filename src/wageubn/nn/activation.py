@@ -15,6 +15,7 @@ there the layers run unfused and the compiler fuses across them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -95,6 +96,9 @@ class ActivationCodes(NamedTuple):
     bits: int
     version: int
     nonneg: bool  # known non-negative (a ReLU's output): the products may read them as uint8
+    # Rebuilds ``codes`` from what the producer keeps for its own backward anyway (a fused BN's x̂
+    # codes): a consumer may keep this instead of the codes (int8 mode: 1 byte an element less).
+    regenerate: Callable[[], torch.Tensor] | None = None
 
 
 _CODES = "_wageubn_codes"
@@ -102,12 +106,18 @@ _ACTIVATED = "_wageubn_activated"
 
 
 def attach_codes(
-    a: torch.Tensor, codes: torch.Tensor, exponent: torch.Tensor, guard: torch.Tensor, bits: int
+    a: torch.Tensor,
+    codes: torch.Tensor,
+    exponent: torch.Tensor,
+    guard: torch.Tensor,
+    bits: int,
+    regenerate: Callable[[], torch.Tensor] | None = None,
 ) -> None:
     """Remember the (non-negative) int8 codes of an activation ``a`` for the conv/linear that
-    consumes it."""
+    consumes it (and, optionally, how to rebuild them later without keeping them)."""
     if not torch.compiler.is_compiling():
-        setattr(a, _CODES, ActivationCodes(codes, exponent, guard, bits, a._version, True))
+        codes_info = ActivationCodes(codes, exponent, guard, bits, a._version, True, regenerate)
+        setattr(a, _CODES, codes_info)
 
 
 def codes_of(x: torch.Tensor, bits: int) -> ActivationCodes | None:

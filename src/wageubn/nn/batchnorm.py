@@ -28,6 +28,7 @@ square root), bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -41,13 +42,10 @@ from .fused import (
     ChannelLayout,
     bn_backward,
     bn_backward_sums,
-    bn_coefficients,
     bn_forward,
-    bn_moments,
-    bn_params,
+    bn_prepare,
+    bn_relu_int8_codes,
     bn_relu_int8_forward,
-    bn_running_update,
-    bn_stats,
 )
 from .layers import QuantReLU, _check_config, retag, swap_module
 from .observe import tap
@@ -138,20 +136,10 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
         ):
             relu = None  # the ReLU runs itself (hooks see the unfused values)
         layout = ChannelLayout(x)
-        x3 = layout.view3(x)
         count = const(float(layout.per_channel), torch.float64, x.device, "count")
         batch_stats = self.training or self.running_mean is None
-        int8 = cfg.arithmetic == "int8"
-        lo = hi = None
-        if batch_stats or (int8 and relu is not None):
-            mean, var, lo, hi = bn_moments(*bn_stats(x3), count, layout.k)
-        if batch_stats:
-            if self.training and self.track_running_stats and self.running_mean is not None:
-                self._update_running_stats(mean, var, count)
-        else:  # copies: the buffers may change before this step's backward reads them
-            mean, var = self.running_mean.clone(), self.running_var.clone()
         act = ActivationSpec.of(relu.config if relu is not None else cfg)
-        codes = int8 and batch_stats and cfg.bn_xhat is not None
+        codes = cfg.arithmetic == "int8" and batch_stats and cfg.bn_xhat is not None
         spec = _Spec(
             eps=float(cfg.bn_eps),
             k_mean=cfg.bn_mean,
@@ -164,28 +152,15 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
             act=act,
             xhat_planes=xhat_code_planes(cfg.bn_xhat, layout.per_channel) if codes else None,
         )
-        obs = tap(self)
+        update = self.training and self.track_running_stats and self.running_mean is not None
+        buffers = (self.running_mean, self.running_var, self.num_batches_tracked)
         out = _BatchNorm.apply(
-            x, self.weight, self.bias, mean, var, lo, hi, count, spec, layout, obs, tap(relu)
-        )
+            x, self.weight, self.bias, buffers, update, self.momentum, count, spec, layout,
+            tap(self), tap(relu),
+        )  # fmt: skip
         if relu is not None:
             mark_activated(out, relu)
         return out
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
-        """``torch.nn.BatchNorm2d``'s update (unbiased variance, exponential or cumulative
-        average), skipped on the device when the batch statistics are not finite."""
-        tracked = self.num_batches_tracked
-        if tracked is None:
-            tracked = torch.zeros((), dtype=torch.long, device=mean.device)
-        rm, rv, nt = bn_running_update(
-            self.running_mean, self.running_var, tracked, mean, var, n, self.momentum
-        )
-        self.running_mean.copy_(rm)
-        self.running_var.copy_(rv)
-        if self.num_batches_tracked is not None:
-            self.num_batches_tracked.copy_(nt)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -200,34 +175,44 @@ class _BatchNorm(torch.autograd.Function):
     """BN (and, with ``spec.relu``, ReLU + A) forward; the straight-through backward."""
 
     @staticmethod
-    def forward(ctx, x, gamma, beta, mean, var, lo, hi, count, spec: _Spec, layout, obs, relu_obs):  # type: ignore[override]
+    def forward(
+        ctx, x, gamma, beta, buffers, update, momentum, count, spec: _Spec, layout, obs, relu_obs
+    ):  # type: ignore[override]
         x3 = layout.view3(x)
         act = spec.act
         int8_act = spec.relu and act.int8 and act.activation is not None
-        params = bn_params(
-            mean, var, None if gamma is None else gamma.detach(),
-            None if beta is None else beta.detach(), lo if int8_act else None,
-            hi if int8_act else None, spec.eps, spec.k_mean, spec.k_std, spec.k_xhat,
-            spec.k_gamma, spec.k_beta, act.activation if int8_act else None, layout.k,
+        running_mean, running_var, tracked = buffers
+        if update and tracked is None:  # torch's BN: no counter without running statistics
+            tracked = torch.zeros((), dtype=torch.long, device=x.device)
+        params = bn_prepare(
+            x3, None if gamma is None else gamma.detach(), None if beta is None else beta.detach(),
+            running_mean, running_var, tracked, count, spec.batch_stats, update, momentum,
+            spec.eps, spec.k_mean, spec.k_std, spec.k_xhat, spec.k_gamma, spec.k_beta,
+            act.activation if int8_act else None, layout.k,
         )  # fmt: skip
-        tiled = params[5:9]  # mu_q, sigma_q, gamma_q, beta_q for the widened view
+        tiled = params[6:10]  # mu_q, sigma_q, gamma_q, beta_q for the widened view
         if int8_act:
-            e, guard, d0, d1, u0, u1 = params[10:16]
+            e, guard, d0, d1, u0, u1 = params[11:17]
             outs = bn_relu_int8_forward(
                 x3, *tiled, d0, d1, u0, u1, guard, spec.k_xhat, spec.xhat_planes
             )
             out = layout.back(outs[0])
-            attach_codes(out, layout.back(outs[1]), e, guard, act.activation)
             planes = outs[2:]
+            regenerate = None
+            if planes:  # the next conv keeps a way to rebuild its A codes, not the codes
+                regenerate = functools.partial(
+                    _rebuild_codes, layout, planes, tiled[2], tiled[3], d0, d1, spec.xhat_exp
+                )
+            attach_codes(out, layout.back(outs[1]), e, guard, act.activation, regenerate)
         else:
             outs = bn_forward(x3, *tiled, spec.k_xhat, act.activation, spec.relu, spec.xhat_planes)
             out = layout.back(outs[0])
             planes = outs[1:]
         if obs is not None or relu_obs is not None:
-            _observe_forward(obs, relu_obs, x3, gamma, beta, mean, params, spec, out, layout)
+            _observe_forward(obs, relu_obs, x3, gamma, beta, params, spec, out, layout)
         kept = (*planes, None, None)[:3] if planes else (x3, None, None)  # planes or the input
         # per channel: std, sigma_q, gamma_q; tiled: mu_q, sigma_q, gamma_q, beta_q, mean
-        ctx.save_for_backward(*kept, params[1], params[2], params[3], *params[5:10], count)
+        ctx.save_for_backward(*kept, params[1], params[3], params[4], *params[6:11], count)
         ctx.spec, ctx.layout, ctx.relu_obs = spec, layout, relu_obs
         ctx.has = (gamma is not None, beta is not None)
         return out
@@ -239,15 +224,15 @@ class _BatchNorm(torch.autograd.Function):
         g3 = layout.view3(grad)
         e1 = act.error1 if spec.relu else None
         sums = bn_backward_sums(
-            g3, src3, p1, p2, *tiled, spec.k_xhat, spec.xhat_exp, spec.relu, e1, act.e1_limit
-        )
-        s0, s1, s2, _, *factors = sums
+            g3, src3, p1, p2, *tiled, gamma_q, sigma_q, std, count, spec.k_xhat, spec.xhat_exp,
+            spec.relu, e1, act.e1_limit, layout.k,
+        )  # fmt: skip
+        dgamma, dbeta, k0, k1, *factors = sums
         if ctx.relu_obs is not None and e1 is not None:
             from ..quant import device
 
             ctx.relu_obs("E1", grad.detach(), device.q_shift(grad, e1, act.int8)[0], "SQ", e1,
                          narrow_range=act.int8)  # fmt: skip
-        dgamma, dbeta, k0, k1 = bn_coefficients(s0, s1, s2, gamma_q, sigma_q, std, count, layout.k)
         dx = None
         if ctx.needs_input_grad[0]:
             dx3 = bn_backward(
@@ -258,14 +243,14 @@ class _BatchNorm(torch.autograd.Function):
             dx = layout.back(dx3)
         dgamma = dgamma if ctx.has[0] and ctx.needs_input_grad[1] else None
         dbeta = dbeta if ctx.has[1] and ctx.needs_input_grad[2] else None
-        return dx, dgamma, dbeta, None, None, None, None, None, None, None, None, None
+        return dx, dgamma, dbeta, None, None, None, None, None, None, None, None
 
 
-def _observe_forward(obs, relu_obs, x3, gamma, beta, mean, params, spec, out, layout):
+def _observe_forward(obs, relu_obs, x3, gamma, beta, params, spec, out, layout):
     """Report every BN quantizer's (before, after) — and A for a fused ReLU — to the observers.
     Only while diagnostics record: the unrounded intermediates are recomputed here."""
-    mu_q, std, sigma_q, gamma_q, beta_q = params[:5]
-    mu_t, sigma_t, gamma_t, beta_t = params[5:9]
+    mean, std, mu_q, sigma_q, gamma_q, beta_q = params[:6]
+    mu_t, sigma_t, gamma_t, beta_t = params[6:10]
     t = (x3 - mu_t.view(1, -1, 1)) / sigma_t.view(1, -1, 1)
     k = spec.k_xhat
     xhat = t if k is None else torch.round(t * 2.0 ** (k - 1)) * 2.0 ** (1 - k)
@@ -284,6 +269,12 @@ def _observe_forward(obs, relu_obs, x3, gamma, beta, mean, params, spec, out, la
         relu_obs(
             "A", layout.back(torch.relu(y)), out.detach(), spec.act.a_kind, spec.act.activation
         )
+
+
+def _rebuild_codes(layout, planes, gamma_t, beta_t, d0, d1, xhat_exp) -> torch.Tensor:
+    p2 = planes[2] if len(planes) > 2 else None
+    codes = bn_relu_int8_codes(planes[0], planes[1], p2, gamma_t, beta_t, d0, d1, xhat_exp)
+    return layout.back(codes)
 
 
 def _hooked(m: nn.Module) -> bool:

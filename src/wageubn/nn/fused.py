@@ -35,13 +35,10 @@ __all__ = [
     "ChannelLayout",
     "bn_backward",
     "bn_backward_sums",
-    "bn_coefficients",
     "bn_forward",
-    "bn_moments",
-    "bn_params",
+    "bn_prepare",
+    "bn_relu_int8_codes",
     "bn_relu_int8_forward",
-    "bn_running_update",
-    "bn_stats",
     "e1_factors",
     "join_bytes",
     "pack_mask",
@@ -114,63 +111,17 @@ def _tile(v: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @fused
-def bn_stats(x3: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per column of ``(A, W, B)``: float64 ``Σx``, ``Σx²``, and float32 min and max (one pass)."""
-    xd = x3.to(torch.float64)
-    return xd.sum((0, 2)), (xd * xd).sum((0, 2)), x3.amin((0, 2)), x3.amax((0, 2))
-
-
-@fused
-def bn_moments(
-    s1: torch.Tensor, s2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, m: torch.Tensor, k: int
-) -> tuple[torch.Tensor, ...]:
-    """Per channel: float32 mean and biased variance (from the float64 sums over ``m`` elements),
-    minimum and maximum."""
-    if k > 1:
-        s1, s2 = s1.view(k, -1).sum(0), s2.view(k, -1).sum(0)
-        lo, hi = lo.view(k, -1).amin(0), hi.view(k, -1).amax(0)
-    mean = s1 / m
-    var = torch.clamp(s2 / m - mean * mean, min=0.0)
-    return mean.to(lo.dtype), var.to(lo.dtype), lo, hi
-
-
-@fused
-def bn_running_update(
-    running_mean: torch.Tensor,
-    running_var: torch.Tensor,
-    tracked: torch.Tensor,
-    mean: torch.Tensor,
-    var: torch.Tensor,
-    n: torch.Tensor,
-    momentum: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.nn.BatchNorm``'s update of the running statistics (unbiased variance; exponential
-    average, or cumulative with ``momentum=None``) — skipped, without a host read, when the batch
-    statistics are not finite, so a bad batch leaves them as they were."""
-    ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
-    tracked_new = tracked + ok.to(tracked.dtype)
-    if momentum is None:
-        factor = 1.0 / torch.clamp(tracked_new, min=1).to(mean.dtype)
-    else:
-        factor = torch.full_like(mean[:1], momentum)
-    unbiased = torch.where(n > 1, var * (n / torch.clamp(n - 1, min=1)).to(var.dtype), var)
-    new_mean = running_mean * (1 - factor) + mean * factor
-    new_var = running_var * (1 - factor) + unbiased * factor
-    return (
-        torch.where(ok, new_mean, running_mean),
-        torch.where(ok, new_var, running_var),
-        tracked_new,
-    )
-
-
-@fused
-def bn_params(
-    mean: torch.Tensor,
-    var: torch.Tensor,
+def bn_prepare(
+    x3: torch.Tensor,
     gamma: torch.Tensor | None,
     beta: torch.Tensor | None,
-    lo: torch.Tensor | None,
-    hi: torch.Tensor | None,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    tracked: torch.Tensor | None,
+    count: torch.Tensor,
+    batch_stats: bool,
+    update: bool,
+    momentum: float | None,
     eps: float,
     k_mean: int | None,
     k_std: int | None,
@@ -180,21 +131,53 @@ def bn_params(
     k_a: int | None,
     k: int,
 ) -> tuple[torch.Tensor, ...]:
-    """Per channel ``(mu_q, std, sigma_q, gamma_q, beta_q)`` (γ = 1, β = 0 when absent), then
-    ``mu_q, sigma_q, gamma_q, beta_q, mean`` tiled for the widened view.
+    """Everything per channel a BN step needs, in one kernel (a pass over ``x`` when it needs
+    batch statistics or, for the int8 A of a fused ReLU, the channels' extremes).
 
-    With ``lo``/``hi`` (the channels' extremes) and ``k_a``: the int8 A of a fused ReLU — its
-    exponent ``e``, NaN guard and scale factors ``2^−e``, ``2^e``. ``max relu(y)`` needs no pass:
-    ``x ↦ y`` is a chain of monotone, correctly rounded steps, increasing where ``gamma_q >= 0``
-    and decreasing elsewhere, so each channel's largest ``y`` is ``y(hi)`` or ``y(lo)``, exactly."""
+    Returns per channel ``(mean, std, mu_q, sigma_q, gamma_q, beta_q)`` (γ = 1, β = 0 when
+    absent), then ``mu_q, sigma_q, gamma_q, beta_q, mean`` tiled for the widened view, then with
+    ``k_a`` the int8 A of the fused ReLU: exponent ``e``, NaN guard, factors ``2^−e`` (two) and
+    ``2^e`` (two). ``max relu(y)`` needs no extra pass: ``x ↦ y`` is a chain of monotone,
+    correctly rounded steps, increasing where ``gamma_q >= 0`` and decreasing elsewhere, so each
+    channel's largest ``y`` is ``y(max x)`` or ``y(min x)``, exactly.
+
+    With ``update``, the running statistics are updated in place as ``torch.nn.BatchNorm`` does
+    (unbiased variance; exponential average, or cumulative with ``momentum=None``) — and left as
+    they were, without a host read, when the batch statistics are not finite."""
+    if batch_stats or k_a is not None:
+        xd = x3.to(torch.float64)
+        s1, s2 = xd.sum((0, 2)), (xd * xd).sum((0, 2))
+        lo, hi = x3.amin((0, 2)), x3.amax((0, 2))
+        if k > 1:
+            s1, s2 = s1.view(k, -1).sum(0), s2.view(k, -1).sum(0)
+            lo, hi = lo.view(k, -1).amin(0), hi.view(k, -1).amax(0)
+    if batch_stats:
+        mean64 = s1 / count
+        mean = mean64.to(x3.dtype)
+        var = torch.clamp(s2 / count - mean64 * mean64, min=0.0).to(x3.dtype)
+        if update:
+            ok = torch.isfinite(mean).all() & torch.isfinite(var).all()
+            tracked_new = tracked + ok.to(tracked.dtype)
+            if momentum is None:
+                factor = 1.0 / torch.clamp(tracked_new, min=1).to(mean.dtype)
+            else:
+                factor = torch.full_like(mean[:1], momentum)
+            unbiased = var * (count / torch.clamp(count - 1, min=1)).to(var.dtype)
+            new_mean = running_mean * (1 - factor) + mean * factor
+            new_var = running_var * (1 - factor) + unbiased * factor
+            running_mean.copy_(torch.where(ok, new_mean, running_mean))
+            running_var.copy_(torch.where(ok, new_var, running_var))
+            tracked.copy_(tracked_new)
+    else:
+        mean, var = running_mean.clone(), running_var.clone()
     std = torch.sqrt(var)
     mu_q = _q(mean, k_mean)
     sigma_q = _q(std, k_std) + eps
     gamma_q = torch.ones_like(mean) if gamma is None else _q(gamma, k_gamma)
     beta_q = torch.zeros_like(mean) if beta is None else _q(beta, k_beta)
-    out = (mu_q, std, sigma_q, gamma_q, beta_q)
+    out = (mean, std, mu_q, sigma_q, gamma_q, beta_q)
     out += tuple(_tile(v, k) for v in (mu_q, sigma_q, gamma_q, beta_q, mean))
-    if lo is None or k_a is None:
+    if k_a is None:
         return out
     top = torch.where(gamma_q >= 0, hi, lo)
     y_top = _q((top - mu_q) / sigma_q, k_xhat) * gamma_q + beta_q
@@ -288,6 +271,24 @@ def bn_relu_int8_forward(
     return (*out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
 
 
+@fused
+def bn_relu_int8_codes(
+    p0: torch.Tensor,
+    p1: torch.Tensor,
+    p2: torch.Tensor | None,
+    gamma_q: torch.Tensor,
+    beta_q: torch.Tensor,
+    down0: torch.Tensor,
+    down1: torch.Tensor,
+    xhat_exp: int,
+) -> torch.Tensor:
+    """The int8 A codes of ``bn_relu_int8_forward`` rebuilt from the x̂ code planes it kept: the
+    same x̂, hence the same ``y`` and the same codes (for the next conv's weight gradient)."""
+    xhat = join_bytes((p0, p1) if p2 is None else (p0, p1, p2), gamma_q.dtype) * (2.0**xhat_exp)
+    y = torch.relu(xhat * _bc(gamma_q) + _bc(beta_q))
+    return torch.round(y * down0 * down1).to(torch.int8)
+
+
 def e1_factors(amax, r, bits: int, dtype) -> tuple[torch.Tensor, ...]:
     """E1 = SQ scale factors ``2^(k−1−r)`` (two), ``2^(r−k+1)`` (two) and the NaN guard."""
     return (*pow2((bits - 1) - r, dtype), *pow2(r - (bits - 1), dtype), nan_guard(amax))
@@ -315,50 +316,41 @@ def bn_backward_sums(
     src3: torch.Tensor,
     p1: torch.Tensor | None,
     p2: torch.Tensor | None,
-    mu_q: torch.Tensor,
-    sigma_q: torch.Tensor,
+    mu_t: torch.Tensor,
+    sigma_t: torch.Tensor,
+    gamma_t: torch.Tensor,
+    beta_t: torch.Tensor,
     gamma_q: torch.Tensor,
-    beta_q: torch.Tensor,
+    sigma_q: torch.Tensor,
+    std: torch.Tensor,
+    count: torch.Tensor,
     k_xhat: int | None,
     xhat_exp: int | None,
     relu: bool,
     e1_bits: int | None,
     e1_limit: float,
-) -> tuple[torch.Tensor, ...]:
-    """Per column, float64 ``(Σdy, Σdy·x̂, Σdy·t)``; then E1's ``r`` and factors (``e1_factors``)."""
-    if relu and e1_bits is not None:
-        amax = g3.abs().amax()
-        r = round_log2(amax)
-        f = e1_factors(amax, r, e1_bits, g3.dtype)
-    else:
-        r = torch.zeros((), dtype=torch.int64, device=g3.device)
-        f = (r,) * 5
-    t, xhat = _saved_xhat(src3, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, g3.dtype)
-    dy = _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, f).to(torch.float64)
-    return (dy.sum((0, 2)), (dy * xhat).sum((0, 2)), (dy * t).sum((0, 2)), r, *f)
-
-
-@fused
-def bn_coefficients(
-    s0: torch.Tensor,
-    s1: torch.Tensor,
-    s2: torch.Tensor,
-    gamma_q: torch.Tensor,
-    sigma_q: torch.Tensor,
-    std: torch.Tensor,
-    m: torch.Tensor,
     k: int,
 ) -> tuple[torch.Tensor, ...]:
-    """From the column sums: per-channel ``dgamma``, ``dbeta`` (float32) and the tiled per-column
-    coefficients ``k0 = d_mu_q / M`` and ``k1 = 2·d_var / M`` of ``dx``."""
+    """The backward's reduction pass: per channel ``dgamma = Σdy·x̂``, ``dbeta = Σdy`` (float64
+    sums, then float32) and the tiled coefficients ``k0 = d_mu_q / M``, ``k1 = 2·d_var / M`` of
+    ``dx`` (``d_mu_q = −gamma_q·Σdy/sigma_q``, ``d_var = −gamma_q·Σdy·t/(sigma_q·2·std)``, 0
+    where ``std = 0``); then E1's five factors (``e1_factors``) for ``bn_backward``."""
+    if relu and e1_bits is not None:
+        amax = g3.abs().amax()
+        f = e1_factors(amax, round_log2(amax), e1_bits, g3.dtype)
+    else:
+        f = (torch.zeros((), dtype=g3.dtype, device=g3.device),) * 5
+    t, xhat = _saved_xhat(src3, p1, p2, mu_t, sigma_t, k_xhat, xhat_exp, g3.dtype)
+    dy = _e1_mask(g3, xhat, gamma_t, beta_t, relu, e1_bits, e1_limit, f).to(torch.float64)
+    s0, s1, s2 = dy.sum((0, 2)), (dy * xhat).sum((0, 2)), (dy * t).sum((0, 2))
     if k > 1:
         s0, s1, s2 = (v.view(k, -1).sum(0) for v in (s0, s1, s2))
     gq, sq, sd = gamma_q.double(), sigma_q.double(), std.double()
     d_mu = -(gq * s0) / sq
     d_var = torch.where(sd > 0, (-(gq * s2) / sq) / (2.0 * sd), 0.0)
-    k0 = (d_mu / m).to(gamma_q.dtype)
-    k1 = (2.0 * d_var / m).to(gamma_q.dtype)
-    return s1.to(gamma_q.dtype), s0.to(gamma_q.dtype), _tile(k0, k), _tile(k1, k)
+    k0 = (d_mu / count).to(g3.dtype)
+    k1 = (2.0 * d_var / count).to(g3.dtype)
+    return s1.to(g3.dtype), s0.to(g3.dtype), _tile(k0, k), _tile(k1, k), *f
 
 
 @fused

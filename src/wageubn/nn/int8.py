@@ -39,12 +39,30 @@ _TOP = 127  # every int8 code here lies in ±(2^(k−1) − 1) <= 127, for k <= 
 
 
 class Planes(NamedTuple):
-    """E2 as two int8 planes: ``FQ = coarse·2^e + fine·2^(e−k+1)`` (``e``: 0-dim int64)."""
+    """E2 as two int8 planes: ``FQ = coarse·2^e + fine·2^(e−k+1)`` (``e``: 0-dim int64), stored as
+    rows ``R × C`` (``N·H·W × C`` for a conv, channels_last) in two layouts: ``major``
+    ``(2, R, C)`` (coarse rows, then fine rows) and ``side`` ``(R, 2, C)`` (each row's coarse and
+    fine side by side)."""
 
-    coarse: torch.Tensor
-    fine: torch.Tensor
+    major: torch.Tensor
+    side: torch.Tensor
     exponent: torch.Tensor
     guard: torch.Tensor  # 0, or NaN when the gradient was not finite
+    shape: torch.Size  # the gradient's shape
+
+    def _logical(self, plane: torch.Tensor) -> torch.Tensor:
+        if len(self.shape) == 4:
+            n, c, h, w = self.shape
+            return plane.view(n, h, w, c).permute(0, 3, 1, 2)
+        return plane.view(self.shape)
+
+    @property
+    def coarse(self) -> torch.Tensor:
+        return self._logical(self.major[0])
+
+    @property
+    def fine(self) -> torch.Tensor:
+        return self._logical(self.major[1])
 
 
 def operand_codes(x: torch.Tensor, bits: int) -> ActivationCodes:
@@ -54,7 +72,7 @@ def operand_codes(x: torch.Tensor, bits: int) -> ActivationCodes:
     if cached is not None:
         return cached
     codes, e, guard = device.q_fit(x.detach(), bits)
-    return ActivationCodes(codes, e, guard, bits, x._version, False)
+    return ActivationCodes(codes, e, guard, bits, x._version, False, None)
 
 
 def activation_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +95,7 @@ def weight_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
 
 def planes_of(g: torch.Tensor, bits: int) -> Planes:
     """E2 = FQ(g, k) as int8 planes (one fused kernel, no host read)."""
-    return Planes(*device.q_error2(g.detach(), bits))
+    return Planes(*device.q_error2_rows(g.detach(), bits), g.shape)
 
 
 def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, int] | None:
@@ -94,20 +112,23 @@ def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     return p.coarse, p.fine, r - (bits - 1)
 
 
-def _two_plane_product(product, planes: Planes, k: int, bits: int, e_other: int):
-    """``(2^(k−1)·P(coarse) + P(fine))·2^e`` rounded once to float32, for an integer product ``P``.
+def _two_plane_product(product, both: torch.Tensor, planes: Planes, k: int, bits: int, e_other):
+    """``(2^(k−1)·P(coarse) + P(fine))·2^e`` rounded once to float32, for an integer product ``P``
+    applied once to ``both`` planes stacked along the batch (coarse rows first).
 
-    When both accumulators are bounded below 2^24 (``K · 127 · 127``, from the shapes), each
-    converts to float32 exactly inside the kernel (``out_exponent``) and one float32 addition is
-    the single rounding of the exact sum; otherwise the exact integer accumulators are combined in
-    float64. (Exact while the result is a normal float32.)
+    When the accumulators are bounded below 2^24 (``K · 127 · 127``, from the shapes), each
+    converts to float32 exactly inside the kernel (``out_exponent``) and one float32 addition of
+    ``2^(k−1)·coarse`` (exact) and ``fine`` is the single rounding of the exact sum; otherwise the
+    exact integer accumulators are combined in float64. (Exact while the result is a normal
+    float32.)
     """
     e_fine = planes.exponent - (bits - 1) + e_other
+    half = both.shape[0] // 2
     if k * _TOP * _TOP < 2**24:
-        coarse = product(planes.coarse, e_fine + (bits - 1), planes.guard)
-        return coarse.add_(product(planes.fine, e_fine, planes.guard))
-    return _combine(product(planes.coarse, None, None), product(planes.fine, None, None), bits,
-                    e_fine, planes.guard)  # fmt: skip
+        out = product(both, e_fine, planes.guard)
+        return torch.add(out[half:], out[:half], alpha=float(2 ** (bits - 1)))
+    acc = product(both, None, None)
+    return _combine(acc[:half], acc[half:], bits, e_fine, planes.guard)
 
 
 def _combine(coarse_acc, fine_acc, bits: int, e: torch.Tensor, guard: torch.Tensor):
@@ -162,20 +183,25 @@ class _IntegerProducts:
         )  # fmt: skip
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
-        def product(plane, out_exponent, guard):
+        # one convolution over both planes stacked along the batch (2·N images)
+        n, o, h, wd = planes.shape
+        both = planes.major.view(2 * n, h, wd, o).permute(0, 3, 1, 2)
+
+        def product(e, out_exponent, guard):
             return kernels.conv2d_input_grad(
-                plane, w, shape, *geom, backend=self.backend, out_exponent=out_exponent,
-                out_guard=guard,
+                e, w, (2 * n, *shape[1:]), *geom, backend=self.backend,
+                out_exponent=out_exponent, out_guard=guard,
             )  # fmt: skip
 
         k = (w.shape[0] // geom[3]) * w.shape[2] * w.shape[3]
-        return _two_plane_product(product, planes, k, bits, ew)
+        return _two_plane_product(product, both, planes, k, bits, ew)
 
     def conv_weight(self, a: ActivationCodes, planes, wshape, geom, bits):
         # one GEMM over both planes side by side (2·O outputs) shares the im2col of A
         x = _as_input(a)
         if geom[3] == 1:
-            both = torch.cat([planes.coarse, planes.fine], dim=1)
+            n, o, h, wd = planes.shape
+            both = planes.side.view(n, h, wd, 2 * o).permute(0, 3, 1, 2)
             acc = kernels.conv2d_weight_grad(
                 x, both, (2 * wshape[0], *wshape[1:]), *geom, backend=self.backend
             )
@@ -193,17 +219,20 @@ class _IntegerProducts:
         )
 
     def linear_input(self, planes, w, ew, bits):
-        def product(plane, out_exponent, guard):
+        def product(e, out_exponent, guard):
             return kernels.linear_input_grad(
-                plane, w, backend=self.backend, out_exponent=out_exponent, out_guard=guard
+                e, w, backend=self.backend, out_exponent=out_exponent, out_guard=guard
             )
 
-        return _two_plane_product(product, planes, w.shape[0], bits, ew)
+        both = planes.major.view(-1, planes.major.shape[-1])
+        return _two_plane_product(product, both, planes, w.shape[0], bits, ew)
 
     def linear_weight(self, a: ActivationCodes, planes, bits):
         x = _as_input(a)
-        accs = [kernels.linear_weight_grad(p, x, backend=self.backend) for p in planes[:2]]
-        return _combine(*accs, bits, planes.exponent - bits + 1 + a.exponent, planes.guard)
+        o = planes.side.shape[-1]
+        acc = kernels.linear_weight_grad(planes.side.view(-1, 2 * o), x, backend=self.backend)
+        return _combine(acc[:o], acc[o:], bits, planes.exponent - bits + 1 + a.exponent,
+                        planes.guard)  # fmt: skip
 
 
 def products(config: WAGEUBNConfig) -> _FloatProducts | _IntegerProducts:
@@ -225,7 +254,10 @@ class _Int8Conv2d(torch.autograd.Function):
         z = engine.conv_forward(a, w, ew, geom)  # (N, O, Ho, Wo) float32
         if bias is not None:
             z = z + bias.view(1, -1, 1, 1)
-        ctx.save_for_backward(a.codes, w)
+        # keep A's codes — or, where the fused BN before can rebuild them from the x̂ codes it
+        # keeps anyway, only the way to rebuild them
+        ctx.rebuild = a.regenerate
+        ctx.save_for_backward(a.codes if a.regenerate is None else None, w)
         ctx.ea = a.exponent  # 0-dim, on the device
         ctx.meta = (a.nonneg, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
         ctx.has_bias = bias is not None
@@ -236,7 +268,9 @@ class _Int8Conv2d(torch.autograd.Function):
         codes, w = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
-        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
+        if codes is None and ctx.needs_input_grad[1]:
+            codes = ctx.rebuild()
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
         bits = config.error2
         planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
@@ -270,7 +304,7 @@ class _Int8Linear(torch.autograd.Function):
         codes, w = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, config, engine, obs = ctx.meta
-        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg)
+        a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
         bits = config.error2
         planes = planes_of(grad, bits)
         _observe_error(obs, grad, planes, bits)
@@ -297,11 +331,15 @@ def _observe_error(obs, grad, planes: Planes, bits) -> None:
 
 
 def decode_error2(planes, bits: int) -> torch.Tensor:
-    """The float32 value of E2 planes: ``coarse·2^e + fine·2^(e−k+1)`` (+ the NaN guard)."""
-    coarse, fine, e = planes[:3]
+    """The float32 value of E2 planes: ``coarse·2^e + fine·2^(e−k+1)`` (+ the NaN guard); a
+    ``Planes`` or a plain ``(coarse, fine, e)``."""
+    if isinstance(planes, Planes):
+        coarse, fine, e, guard = planes.coarse, planes.fine, planes.exponent, planes.guard
+    else:
+        (coarse, fine, e), guard = planes, None
     e = torch.as_tensor(e, device=coarse.device)
     value = device.ldexp(coarse.float(), e) + device.ldexp(fine.float(), e - bits + 1)
-    return value + planes[3] if len(planes) > 3 else value
+    return value if guard is None else value + guard
 
 
 def int8_conv2d(module: Any, x: torch.Tensor) -> torch.Tensor:

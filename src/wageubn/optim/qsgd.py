@@ -34,6 +34,7 @@ from ..config import WAGEUBNConfig
 from ..nn.observe import tap
 from ..nn.quantizers import ROLE_TAG
 from ..quant import check_grad_range, device
+from .update import fused_update
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
 
@@ -134,6 +135,7 @@ class QSGD(torch.optim.Optimizer):
             generator = torch.Generator(device=where).manual_seed(seed)
         self.generator = generator
         self._warned_zero_lr = False
+        self._held: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         quantized_lr(lr, config)  # fail at construction, not at the first step
 
     @staticmethod
@@ -157,11 +159,16 @@ class QSGD(torch.optim.Optimizer):
             lr_q = self._step_lr(group["lr"])
             dr = check_grad_range(group["grad_range"])
             m, wd = group["momentum"], group["weight_decay"]
+            fast: dict[tuple[Any, ...], list[torch.Tensor]] = defaultdict(list)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 role = self.role_of(p, group)
                 obs = tap(p)
+                if obs is None and self._fusable(role):  # the fused kernel, grouped below
+                    first = m != 0 and "momentum_buffer" not in self.state[p]
+                    fast[(role, first, p.device, p.dtype)].append(p)
+                    continue
                 g = p.grad
                 if wd != 0 and (role != "bn" or group["bn_weight_decay"]):
                     g = g.add(p, alpha=wd)
@@ -191,7 +198,72 @@ class QSGD(torch.optim.Optimizer):
                         p.copy_(device.q_direct(p, cfg.update))
                 if obs is not None:
                     obs("U", old, p.detach(), "Q", cfg.update or 32)
+            for (role, first, _, _), params in fast.items():
+                self._fused_step(params, role, first, group, lr_q, dr)
         return loss
+
+    def _fusable(self, role: str) -> bool:
+        """Whether ``role``'s update runs in the fused kernel: every one of its quantities is on a
+        grid (G, lr, momentum, U), where ``lr_q·acc`` is exact and the kernel's arithmetic is
+        the per-parameter path's, bit for bit. Others (e.g. the ``fp32`` preset, which must
+        equal ``torch.optim.SGD``) take the per-parameter path."""
+        cfg = self.config
+        bits = cfg.grad if role == "weight" else cfg.bn_grad if role == "bn" else None
+        return None not in (bits, cfg.lr, cfg.momentum, cfg.update)
+
+    def _fused_step(
+        self,
+        params: list[torch.Tensor],
+        role: str,
+        first: bool,
+        group: dict[str, Any],
+        lr_q: float,
+        dr: int,
+    ) -> None:
+        """The per-parameter path above for a list of quantized parameters, as one kernel (by
+        device). Weight decay stays an eager ``add`` (its rounding is torch's, as above); the
+        stochastic-rounding draws come from ``self.generator`` parameter by parameter, in order."""
+        cfg = self.config
+        m, wd = group["momentum"], group["weight_decay"]
+        decay = wd != 0 and (role != "bn" or group["bn_weight_decay"])
+        grads = [p.grad.add(p, alpha=wd) if decay else p.grad for p in params]
+        bits = cfg.grad if role == "weight" else cfg.bn_grad
+        draws = None
+        if role == "weight" and bits is not None:
+            gen = self.generator
+            for g in grads:
+                if not _same_device(gen.device, g.device):
+                    raise ValueError(
+                        f"QSGD: the stochastic-rounding generator is on {gen.device} but a "
+                        f"gradient is on {g.device}; pass generator=torch.Generator(device="
+                        f"'{g.device}') (one generator per optimizer, on the parameters' device)"
+                    )
+            if cfg.grad_rounding == "stochastic":
+                draws = [torch.rand(g.shape, generator=gen, dtype=g.dtype, device=g.device)
+                         for g in grads]  # fmt: skip
+        bufs = []
+        for p, g in zip(params, grads, strict=True):
+            if m != 0 and first:
+                self.state[p]["momentum_buffer"] = torch.empty_like(g)
+            bufs.append(self.state[p]["momentum_buffer"] if m != 0 else g)
+        scalars = self._scalars(params[0], lr_q, dr)
+        fused_update(
+            [p.detach() for p in params], grads, bufs, draws, *scalars, role, bits, float(m),
+            first, cfg.momentum, cfg.update,
+        )  # fmt: skip
+
+    def _scalars(self, like: torch.Tensor, lr_q: float, dr: int) -> list[torch.Tensor]:
+        """``lr_q``, ``dr`` and ``dr − 1`` as 0-dim tensors on ``like``'s device, refilled in place
+        each step (a schedule changes values, not tensors: nothing recompiles, nothing is copied
+        from the host synchronously)."""
+        key = (like.device, like.dtype)
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = [torch.zeros((), dtype=like.dtype, device=like.device)
+                                      for _ in range(3)]  # fmt: skip
+        for t, v in zip(held, (lr_q, dr, dr - 1), strict=True):
+            t.fill_(float(v))
+        return held
 
     def _step_lr(self, lr: float) -> float:
         """``QC(lr)`` for this step; a scheduled lr that quantizes to 0 warns once, updates nothing."""

@@ -51,6 +51,7 @@ __all__ = [
     "q_constant",
     "q_direct",
     "q_error2",
+    "q_error2_rows",
     "q_fit",
     "q_flag",
     "q_shift",
@@ -100,20 +101,32 @@ def nan_guard(amax: torch.Tensor) -> torch.Tensor:
     return amax - amax
 
 
-@functools.cache
 def const(value: float, dtype: torch.dtype, device: torch.device, tag: str = "") -> torch.Tensor:
     """A cached 0-dim constant on ``device`` (made once: no host-to-device copy per step).
 
     ``tag`` keeps constants of different roles distinct objects even when their values agree (a
-    compiled kernel guards on which of its arguments alias). Never modify the returned tensor."""
-    return torch.tensor(value, dtype=dtype, device=device)
+    compiled kernel guards on which of its arguments alias). Never modify the returned tensor.
+    Inside ``torch.compile`` the constant is made in the graph instead (no cache to trace)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=dtype, device=device)
+    return _cached_const(value, dtype, device, tag)
 
 
 @functools.cache
+def _cached_const(value: float, dtype: torch.dtype, device: torch.device, tag: str) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 def bound(value: float, dtype: torch.dtype) -> float:
     """``value`` rounded toward zero into ``dtype`` (float32 or float64), so a clip never leaves
     the range (float32: ``2^(k−1) − 1`` for k >= 25 would otherwise round up to ``2^(k−1)``).
     Pure Python: no tensor is made, nothing is read from a device."""
+    if torch.compiler.is_compiling():
+        return _bound(value, dtype)
+    return _cached_bound(value, dtype)
+
+
+def _bound(value: float, dtype: torch.dtype) -> float:
     if dtype != torch.float32:
         return float(value)
     (nearest,) = struct.unpack("<f", struct.pack("<f", value))
@@ -121,6 +134,9 @@ def bound(value: float, dtype: torch.dtype) -> float:
         (bits,) = struct.unpack("<I", struct.pack("<f", nearest))
         (nearest,) = struct.unpack("<f", struct.pack("<I", bits - 1))
     return nearest
+
+
+_cached_bound = functools.cache(_bound)
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +284,10 @@ def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     """E2 = FQ(g, k) as int8 ``(coarse, fine)`` with ``FQ = coarse·2^e + fine·2^(e−k+1)``, ``e``,
     and the NaN guard. ``f = round(g/s·2^(k−1))``, ``c = round(g/s)``: ``|f| < 2^(k−1)`` is the
     fine regime, else coarse (where ``c = ±1`` also covers fine codes that round up to ±2^(k−1))."""
+    return _error2(g, bits)
+
+
+def _error2(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     amax = g.abs().amax()
     r = round_log2(amax)
     top = float(2 ** (bits - 1) - 1)
@@ -280,6 +300,16 @@ def error2_planes(g: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     fine_codes = torch.where(coarse_regime, 0.0, f).to(torch.int8)
     coarse_codes = torch.where(coarse_regime, c, 0.0).to(torch.int8)
     return coarse_codes, fine_codes, r - (bits - 1), guard, *up
+
+
+@fused
+def error2_rows(g2: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
+    """``error2_planes`` of a 2-D ``(rows, channels)`` gradient, with the planes laid out for the
+    products: ``major`` ``(2, rows, C)`` (coarse then fine: one batch for the input gradient) and
+    ``side`` ``(rows, 2, C)`` (side by side: one GEMM for the weight gradient); then ``e`` and
+    the NaN guard."""
+    coarse, fine, e, guard, up0, up1 = _error2(g2, bits)
+    return torch.stack([coarse, fine]), torch.stack([coarse, fine], dim=1), e, guard, up0, up1
 
 
 # -- the quantizers on tensors of any shape and layout (the sync-free entry points) -------------
@@ -384,6 +414,19 @@ def q_fit(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch
         zero = torch.zeros((), dtype=torch.int64, device=x.device)
         return x.to(torch.int8), zero + (1 - bits), torch.zeros((), device=x.device)
     return _run(fit, x, bits)[:3]
+
+
+def q_error2_rows(
+    g: torch.Tensor, bits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E2 of the ``int8`` mode with the planes laid out for the products (``error2_rows``) for a
+    gradient ``(N, C, H, W)`` (its channels_last rows ``N·H·W × C``) or ``(M, C)``."""
+    if g.dim() == 4:
+        rows = g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        rows = rows.reshape(-1, g.shape[1])
+    else:
+        rows = g.reshape(-1, g.shape[-1]).contiguous()
+    return error2_rows(rows.detach(), bits)[:4]
 
 
 def q_error2(

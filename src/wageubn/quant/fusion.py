@@ -95,6 +95,9 @@ def _variant(args: tuple[Any, ...]) -> tuple[tuple[Any, ...], tuple[int, ...]]:
         if isinstance(a, torch.Tensor):
             key.append((a.dtype, a.device.type, a.dim()))
             inputs.append(i)
+        elif isinstance(a, list) and all(isinstance(t, torch.Tensor) for t in a):
+            key.append(("list", tuple((t.dtype, t.device.type, t.dim()) for t in a)))
+            inputs.append(i)
         else:
             key.append(("const", type(a), a))
     return tuple(key), tuple(inputs)
@@ -130,8 +133,9 @@ class _Fused:
             )
         tensors = [args[i] for i in inputs]
         for t in tensors:
-            for dim in range(t.dim()):
-                torch._dynamo.maybe_mark_dynamic(t, dim)
+            for member in t if isinstance(t, list) else (t,):
+                for dim in range(member.dim()):
+                    torch._dynamo.maybe_mark_dynamic(member, dim)
         try:
             return fn(*tensors)
         except _backend_errors() as err:

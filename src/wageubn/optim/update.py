@@ -1,0 +1,76 @@
+"""The quantized parameters' update of ``QSGD`` as one fused kernel per parameter group and role.
+
+For every parameter of a list (docs/WAGEUBN.md §3, after weight decay was added to ``g``)::
+
+    G   = CQ(g, k_G, dr)     (role "weight"; uniform draws u)   or   Q(g, k_GBN)   (role "bn")
+    acc = G  (first step)    or   m·acc + G
+    p   = p − lr_q · acc
+    acc = Q(acc, k_Mom)      p = Q(p, k_U)
+
+The same arithmetic as ``QSGD``'s per-parameter path (which diagnostics use), value for value: the
+products ``lr_q·acc`` are exact on these grids. ``lr_q`` and ``dr`` are 0-dim tensors, so a
+schedule that changes them does not recompile anything; ``p`` and ``acc`` are updated in place.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..quant.device import nan_guard, pow2, round_log2
+from ..quant.fusion import fused
+
+__all__ = ["fused_update"]
+
+
+def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
+    if bits is None:
+        return x
+    return torch.round(x * (2.0 ** (bits - 1))) * (2.0 ** (1 - bits))
+
+
+def _cq(g, u, bits, dr, dr_limit):
+    amax = g.abs().amax()
+    inv = pow2(-round_log2(amax), g.dtype)
+    v = g * inv[0] * inv[1] * dr
+    if u is None:
+        n = torch.round(v)
+    else:
+        fl = torch.floor(v)
+        n = fl + (u < v - fl).to(v.dtype)
+    n = torch.clamp(n, -dr_limit, dr_limit)
+    return n * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
+
+
+@fused
+def fused_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    draws: list[torch.Tensor] | None,
+    lr_q: torch.Tensor,
+    dr: torch.Tensor,
+    dr_limit: torch.Tensor,
+    role: str,
+    grad_bits: int | None,
+    momentum: float,
+    first: bool,
+    k_mom: int | None,
+    k_u: int | None,
+) -> None:
+    """Update ``params`` (and their momentum buffers ``bufs``) in place; see the module docstring.
+
+    ``draws`` are the stochastic-rounding uniforms of the "weight" role (None: round to
+    nearest); with ``momentum == 0`` the buffers are not used."""
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        if grad_bits is None:
+            gq = g
+        elif role == "weight":
+            gq = _cq(g, None if draws is None else draws[i], grad_bits, dr, dr_limit)
+        else:
+            gq = _q(g, grad_bits)
+        if momentum != 0:
+            acc = gq if first else bufs[i] * momentum + gq
+            p.copy_(_q(p - lr_q * acc, k_u))
+            bufs[i].copy_(_q(acc, k_mom))
+        else:
+            p.copy_(_q(p - lr_q * gq, k_u))
