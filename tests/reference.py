@@ -204,3 +204,64 @@ def ref_small_cnn_logits(x, p):
     a = ref_relu(ref_bn(z, p["bn3.weight"], p["bn3.bias"]))
     a = F_.adaptive_avg_pool2d(a, 7)  # not re-quantized
     return F_.linear(a.flatten(1), p["fc.weight"], p["fc.bias"])  # float classifier
+
+
+def fit(x: torch.Tensor, k: int) -> torch.Tensor:
+    """A of the ``int8`` mode: ``2^e · round(x / 2^e)`` with ``e`` the smallest integer >= 1 − k
+    such that ``max|x| <= (2^(k−1) − 1) · 2^e`` (codes within ±(2^(k−1) − 1), no saturation)."""
+    vals = _values(x)
+    a = max((abs(v) for v in vals), default=F(0))
+    top = 2 ** (k - 1) - 1
+    e = 1 - k
+    while a > top * F(2) ** e:
+        e += 1
+    s = F(2) ** e
+    return _tensor([s * round(v / s) for v in vals], x)
+
+
+class _Norm(torch.autograd.Function):
+    """The BN contract over arbitrary statistics axes ``dims`` (LayerNorm, GroupNorm,
+    LayerNorm2d): ``gamma``/``beta`` already shaped to broadcast against ``x``. Sums in float64,
+    rounded once to float32, as in ``_BN``."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, dims, eps):
+        m = 1
+        for d in dims:
+            m *= x.shape[d]
+        xd = x.double()
+        mean64 = xd.sum(dims, keepdim=True) / m
+        mean = mean64.float()
+        var = torch.clamp((xd * xd).sum(dims, keepdim=True) / m - mean64 * mean64, min=0).float()
+        std = torch.sqrt(var)
+        mu_q = direct(mean, 16).float()
+        sd_q = direct(std, 16).float() + eps
+        t = (x - mu_q) / sd_q
+        xhat = direct(t, 8).float()
+        g_q, b_q = direct(gamma, 8).float(), direct(beta, 8).float()
+        ctx.save_for_backward(x, mean, std, sd_q, g_q, t, xhat)
+        ctx.dims, ctx.m = dims, m
+        return xhat * g_q + b_q
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, mean, std, sd_q, g_q, t, xhat = ctx.saved_tensors
+        dims, m = ctx.dims, ctx.m
+        param_axes = tuple(i for i in range(x.dim()) if g_q.shape[i] == 1)
+        dgamma = (dy.double() * xhat.double()).sum(param_axes, keepdim=True).float()
+        dbeta = dy.double().sum(param_axes, keepdim=True).float()
+        dt = dy * g_q
+        s0 = dt.double().sum(dims, keepdim=True)
+        s2 = (dt.double() * t.double()).sum(dims, keepdim=True)
+        sq, sd = sd_q.double(), std.double()
+        d_mu = -s0 / sq
+        d_var = torch.where(sd > 0, (-s2 / sq) / (2.0 * sd), 0.0)
+        k0 = (d_mu / m).float()
+        k1 = (2.0 * d_var / m).float()
+        dx = dt / sd_q + k0 + (x - mean) * k1
+        return dx, dgamma, dbeta, None, None
+
+
+def ref_norm(x, gamma, beta, dims, eps=2.0**-15):
+    """WAGEUBN normalization with statistics over ``dims`` (kept); see ``_Norm``."""
+    return _Norm.apply(x, gamma, beta, dims, eps)

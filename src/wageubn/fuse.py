@@ -16,25 +16,42 @@ from collections import defaultdict
 
 from torch import fx, nn
 
-from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from . import nn as qnn
+from .nn import QuantBatchNorm2d, QuantReLU
 
-__all__ = ["bn_relu_pairs", "fuse_bn_relu_"]
+__all__ = ["Tracer", "bn_relu_pairs", "fuse_bn_relu_"]
 
 log = logging.getLogger(__name__)
 
-_LEAVES = (QuantBatchNorm2d, QuantReLU, QuantConv2d, QuantLinear)
+# every quantized layer of wageubn.nn is one call in a traced graph
+_LEAVES = tuple(getattr(qnn, name) for name in qnn.__all__ if name.startswith("Quant"))
 
 
-class _Tracer(fx.Tracer):
+class Tracer(fx.Tracer):
+    """``torch.fx`` symbolic tracing with every quantized layer (and, as usual, every
+    ``torch.nn`` module) as a leaf."""
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, module_qualified_name)
+
+    def trace(self, root, concrete_args=None):  # type: ignore[override]
+        # torch.fx traces type(root).forward; a root whose forward wageubn.functional rewrote
+        # (an instance attribute) is traced through that rewritten forward instead, on a view of
+        # the same module (shared __dict__: the same children, parameters and buffers)
+        graphs = getattr(getattr(root, "__dict__", {}).get("forward"), "graph_forwards", None)
+        if graphs is not None:
+            cls = type(root)
+            view = object.__new__(type(cls.__name__, (cls,), {"forward": graphs[root.training]}))
+            view.__dict__ = root.__dict__
+            root = view
+        return super().trace(root, concrete_args)
 
 
 def bn_relu_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(bn_path, relu_path)`` for every BN of ``model`` that feeds only one ``QuantReLU``.
 
     Raises whatever ``torch.fx`` raises for a model it cannot trace."""
-    graph = _Tracer().trace(model)
+    graph = Tracer().trace(model)
     modules = dict(model.named_modules())
     targets: dict[str, set[str | None]] = defaultdict(set)
     for node in graph.nodes:

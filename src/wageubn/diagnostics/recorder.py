@@ -30,20 +30,22 @@ from typing import Any
 
 from torch import nn
 
-from ..nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from .. import nn as qnn
+from ..nn import QuantBatchNorm2d, QuantGroupNorm, QuantLayerNorm
 from ..nn.observe import set_recorder
 from .stats import CodeHistogram, code_histogram, quantizer_stats
 
 __all__ = ["Diagnostics"]
 
-_QUANT = (QuantConv2d, QuantLinear, QuantBatchNorm2d, QuantReLU)
+# every quantized layer of wageubn.nn (conv, linear, norms, activations, attention ...)
+_QUANT = tuple(getattr(qnn, n) for n in qnn.__all__ if n.startswith("Quant"))
 
 Sink = Callable[[int, list[dict[str, Any]], dict[str, CodeHistogram]], None]
 
 
 def _qualifier(module: nn.Module, pname: str) -> str | None:
     """How the optimizer's roles of parameter ``pname`` are qualified (None: not at all)."""
-    if isinstance(module, QuantBatchNorm2d):
+    if isinstance(module, QuantBatchNorm2d | QuantLayerNorm | QuantGroupNorm):
         return {"weight": "bn_gamma", "bias": "bn_beta"}.get(pname, pname)
     return None if pname == "weight" else pname
 

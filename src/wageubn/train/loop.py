@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import quantize_
+from ..convert import UnsupportedModuleError, quantize_
 from ..data import Batches, CorruptDataError, derive_seed, load_dataset
 from ..models import create_model
 from ..optim import QSGD
@@ -161,8 +161,13 @@ def _build(
         )
     except TypeError as exc:
         raise RunConfigError(f"model.kwargs: {exc}") from None
+    except ValueError as exc:  # an importable model that does not fit the data
+        raise RunConfigError(f"model.name: {exc}") from None
     qcfg = cfg.quant_config()
-    quantize_(model, qcfg)
+    try:
+        quantize_(model, qcfg)
+    except UnsupportedModuleError as exc:
+        raise RunConfigError(f"model.name {cfg.model.name!r}: {exc}") from None
     device = device or torch.device("cpu")
     model = model.to(device)
     if cfg.train.channels_last:

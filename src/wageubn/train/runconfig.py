@@ -41,7 +41,8 @@ class RunConfigError(ValueError):
 @dataclass
 class ModelSection:
     name: str = "small_cnn"
-    """A name from ``wageubn list-models``."""
+    """A name from ``wageubn list-models``, or an importable model: ``torchvision:NAME`` or
+    ``package.module:factory``."""
     width: int | None = None
     """``small_cnn`` only: channels of the first layer (None = the model's default, 16)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -209,13 +210,23 @@ class RunConfig:
     def _semantic_errors(self) -> list[str]:
         from ..data import list_datasets
         from ..models import list_models
+        from ..models.registry import is_external, resolve_factory
         from ..optim.qsgd import quantized_lr
         from ..quant import check_grad_range
 
         errors: list[str] = []
         m, d, o, t = self.model, self.data, self.optim, self.train
-        if m.name not in list_models():
-            errors.append(f"model.name {m.name!r} is not a model{_suggest(m.name, list_models())}")
+        if is_external(m.name):
+            try:
+                resolve_factory(m.name)
+            except ValueError as exc:
+                errors.append(f"model.name: {exc}")
+        elif m.name not in list_models():
+            errors.append(
+                f"model.name {m.name!r} is not a model{_suggest(m.name, list_models())} (an "
+                "importable model is written 'package.module:factory', e.g. "
+                "'torchvision:mobilenet_v2')"
+            )
         if d.name not in list_datasets():
             errors.append(
                 f"data.name {d.name!r} is not a data set{_suggest(d.name, list_datasets())}"

@@ -1,0 +1,126 @@
+"""Models a user brings, trained on MNIST in fp32, ``paper`` and ``int8``: the gap to fp32.
+
+* torchvision's MobileNetV2 (width 0.5; ReLU6, depthwise convolutions) —
+  configs/zoo_mnist_mobilenet_v2.yaml (``--model.name torchvision:mobilenet_v2``);
+* a small Vision Transformer (torchvision's ``VisionTransformer``: patch 4, 4 blocks, width 128,
+  4 heads; LayerNorm, GELU, MultiheadAttention) — configs/zoo_mnist_vit.yaml
+  (``--model.name torchvision.models:VisionTransformer``).
+
+Every run: the same seed, ``--train-subset`` training images (the first N of MNIST's 50k), one
+pass each ``--epochs``, batch 64, lr 0.125, momentum 1/4, evaluated on the 10k test images.
+Writes ``benchmarks/results/zoo_reproduce.md`` (the README's table) and ``zoo_reproduce.json``::
+
+    python benchmarks/zoo_reproduce.py                       # ~1 h on 2 busy cores
+    python benchmarks/zoo_reproduce.py --train-subset 50000  # the whole training set
+    python benchmarks/zoo_reproduce.py --models vit --merge earlier/zoo_reproduce.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from wageubn.train import load_run_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "mobilenet_v2": ("zoo_mnist_mobilenet_v2.yaml", "MobileNetV2 (torchvision, width 0.5)"),
+    "vit": (
+        "zoo_mnist_vit.yaml",
+        "ViT (torchvision VisionTransformer: patch 4, 4 blocks, width 128)",
+    ),
+}
+PRESETS = ("fp32", "paper", "int8")
+
+
+def run(config: str, preset: str, args: argparse.Namespace, name: str) -> dict:
+    overrides = [
+        "--quant.preset", preset, "--train.epochs", str(args.epochs),
+        "--data.train_subset", str(args.train_subset), "--train.out_dir", str(args.out),
+        "--train.run_name", name, "--train.threads", "2",
+    ]  # fmt: skip
+    cfg = load_run_config(ROOT / "configs" / config, overrides)
+    t0 = time.perf_counter()
+    result = train(cfg)
+    return {
+        "name": name,
+        "config": config,
+        "preset": preset,
+        "command": f"wageubn train configs/{config} " + " ".join(overrides[:6]),
+        "acc": result["eval"]["acc"],
+        "loss": result["eval"]["loss"],
+        "epochs": cfg.train.epochs,
+        "steps": result["step"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def table(rows: list[dict], title: str) -> list[str]:
+    fp32 = next((r["acc"] for r in rows if r["preset"] == "fp32"), None)
+    lines = [f"**{title}**", "", "| preset | test accuracy | gap to fp32 | epochs | steps | wall time |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        gap = "—" if fp32 is None or r["preset"] == "fp32" else f"{(r['acc'] - fp32) * 100:+.2f}"
+        lines.append(
+            f"| {r['preset']} | {r['acc'] * 100:.2f}% | {gap} | {r['epochs']} | {r['steps']} | "
+            f"{r['wall_s'] / 60:.1f} min |"
+        )
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", default="runs/zoo_reproduce", type=Path)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-subset", type=int, default=10000)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="zoo_reproduce.json files of earlier invocations whose runs join this table",
+    )
+    args = p.parse_args(argv)
+    rows: dict[str, list[dict]] = {}
+    for path in args.merge:
+        for model, model_rows in json.loads(path.read_text()).items():
+            rows.setdefault(model, []).extend(model_rows)
+    for model in args.models:
+        config, _ = MODELS[model]
+        for preset in args.presets:
+            rows.setdefault(model, []).append(run(config, preset, args, f"{model}-{preset}"))
+            print(rows[model][-1], flush=True)
+    for model_rows in rows.values():
+        model_rows.sort(key=lambda r: PRESETS.index(r["preset"]))
+    total = sum(r["wall_s"] for model_rows in rows.values() for r in model_rows)
+    lines = [
+        f"Measured with `python benchmarks/zoo_reproduce.py --epochs {args.epochs} "
+        f"--train-subset {args.train_subset}` (runs total {total / 60:.0f} min) on "
+        f"{platform.machine()} with 2 threads, torch {torch.__version__}; seed 0 for every run; "
+        "MNIST, the first "
+        f"{args.train_subset} training images, the 10k test images; batch 64, lr 0.125, "
+        "momentum 1/4.",
+        "",
+    ]
+    for model, model_rows in rows.items():
+        lines += table(model_rows, MODELS[model][1])
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "zoo_reproduce.md").write_text("\n".join(lines) + "\n")
+    (results / "zoo_reproduce.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Quantized counterparts of torchvision blocks that hold parameters of their own.
+
+* ``QuantCNBlock`` — ConvNeXt's ``CNBlock``: ``out = input + drop_path(Q(layer_scale, k_γ) ·
+  block(input))``. The layer scale is a per-channel multiplier like BN's γ: it enters the product
+  on γ's grid (``bn_gamma`` bits, straight-through) and its gradient is quantized by ``QSGD`` as
+  γ's (role ``"bn"``: ``Q(g, 15)``, no weight decay). The children (depthwise conv, LayerNorm,
+  linears, GELU) are converted by ``quantize_`` as everywhere else; the residual sum stays float.
+
+torchvision is not imported here: ``quantize_`` registers these classes when the torchvision
+module that defines the float block has been imported (the block can only occur in a model then).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import WAGEUBNConfig
+from .layers import _check_config, retag
+from .observe import tap
+from .quantizers import forward_q
+
+__all__ = ["QuantCNBlock"]
+
+
+class QuantCNBlock(nn.Module):
+    """torchvision's ConvNeXt ``CNBlock`` with its layer scale on the BN γ grid."""
+
+    PARAM_ROLES = {"layer_scale": "bn"}  # QSGD: Q(g, 15) gradient, no weight decay
+
+    def __init__(
+        self,
+        layer_scale: nn.Parameter,
+        block: nn.Module,
+        stochastic_depth: nn.Module,
+        *,
+        config: WAGEUBNConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.block = block
+        self.layer_scale = layer_scale
+        self.stochastic_depth = stochastic_depth
+        self.config = _check_config(config or WAGEUBNConfig())
+        retag(self)
+
+    @classmethod
+    def from_float(cls, mod: nn.Module, config: WAGEUBNConfig) -> QuantCNBlock:
+        """A quantized block holding ``mod``'s parameter and children (the same objects)."""
+        new = cls(mod.layer_scale, mod.block, mod.stochastic_depth, config=config)
+        return new.train(mod.training)
+
+    def to_float(self) -> nn.Module:
+        from torchvision.models.convnext import CNBlock
+
+        new = CNBlock.__new__(CNBlock)
+        nn.Module.__init__(new)
+        new.block, new.layer_scale = self.block, self.layer_scale
+        new.stochastic_depth = self.stochastic_depth
+        retag(new)  # CNBlock declares no roles: the tag comes off
+        return new.train(self.training)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        retag(self)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        scale = forward_q(self.layer_scale, self.config.bn_gamma, tap(self), "bn_gamma")
+        result = scale * self.block(input)
+        result = self.stochastic_depth(result)
+        result += input
+        return result
+
+    def extra_repr(self) -> str:
+        return f"layer_scale={self.config.bn_gamma}"

@@ -1,0 +1,94 @@
+"""Every classification model the installed torchvision builds: converted by ``quantize_`` and one
+QSGD step taken at a small input size, with every activation quantized and every module traced.
+
+The first model of each family runs always; the other variants are marked ``slow`` (``make
+test`` runs them too; ``pytest -m "not slow"`` leaves them out for a quick look)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wageubn import QSGD, quantize_
+from wageubn.convert import QUANT_MODULES, float_calls
+from wageubn.nn import QuantConv2d, QuantLinear
+
+torchvision = pytest.importorskip("torchvision")
+
+NAMES = torchvision.models.list_models(module=torchvision.models)
+FAMILY_FIRST = {  # the variant of each family that runs in the quick tier
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
+    "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_large",
+    "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d",
+    "shufflenet_v2_x0_5", "squeezenet1_0", "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11_bn",
+    "vit_b_32", "wide_resnet50_2",
+}  # fmt: skip
+SIZE = {"alexnet": 63, "inception_v3": 75, "maxvit_t": 224}  # the smallest inputs they take
+KWARGS = {
+    "inception_v3": {"aux_logits": False, "init_weights": False},
+    "googlenet": {"init_weights": False},
+    **{n: {"image_size": 28 if n.endswith("14") else 32} for n in NAMES if n.startswith("vit_")},
+}
+HUGE = 400e6  # parameters: needs ~4 bytes x 4 copies (weights, grads, momentum, U) of memory
+
+
+def _available_memory() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return float(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return float("inf")
+
+
+def _params(name):
+    if name in FAMILY_FIRST:
+        return name
+    return pytest.param(name, marks=pytest.mark.slow)
+
+
+@pytest.mark.parametrize("name", [_params(n) for n in NAMES])
+def test_torchvision_model_converts_and_steps(name):
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        count = sum(p.numel() for p in torchvision.models.get_model(name, num_classes=10,
+                                                                    **KWARGS.get(name, {})).parameters())  # fmt: skip
+    if count > HUGE and _available_memory() < count * 4 * 5:
+        pytest.skip(f"{name}: {count / 1e6:.0f}M parameters need more memory than is available")
+    model = torchvision.models.get_model(name, num_classes=10, **KWARGS.get(name, {}))
+    quantize_(model, "paper")
+    assert any(isinstance(m, QuantConv2d | QuantLinear) for m in model.modules())
+    left = [n for n, m in model.named_modules() if type(m) in QUANT_MODULES]
+    assert len(left) <= 2, left  # only the float stem and head, as the released code
+    calls = float_calls(model)
+    assert not [c for c in calls if c.kind == "activation"], calls  # every activation quantized
+    assert not [c for c in calls if c.kind == "untraced"], calls  # every forward was read
+    size = SIZE.get(name, 32)
+    x = torch.randn(2, 3, size, size)
+    opt = QSGD(model.parameters(), lr=0.05, config="paper",
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = model(x)
+    logits = logits[0] if isinstance(logits, tuple) else logits  # googlenet: (logits, aux2, aux1)
+    assert logits.shape == (2, 10) and bool(torch.isfinite(logits).all())
+    F.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    opt.step()
+    moved = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert moved > len(before) // 2
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "convnext_tiny", "vit_b_32",
+                                  "efficientnet_b0"])  # fmt: skip
+def test_int8_step_on_modern_families(name):
+    """int8 arithmetic through Hardswish/Hardsigmoid (mobilenet_v3), LayerNorm2d + CNBlock + GELU
+    (convnext), LayerNorm + MultiheadAttention (vit), SiLU + Sigmoid (efficientnet)."""
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, num_classes=10, **KWARGS.get(name, {}))
+    quantize_(model, "int8")
+    opt = QSGD(model.parameters(), lr=0.05, config="int8")
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert bool(torch.isfinite(logits).all())
+    F.cross_entropy(logits, torch.tensor([3, 4])).backward()
+    opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
