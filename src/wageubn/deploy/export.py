@@ -32,7 +32,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from ..convert import UnsupportedModuleError
+from ..convert import UnsupportedModuleError, config_of, config_or_none
 from ..nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from ..quant import clipped_direct_quantize, direct_quantize, encode, range_exponent
 
@@ -302,7 +302,7 @@ def capture_graph(
         raise ValueError(f"float_weight_bits must be 8 or 16, got {float_weight_bits!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
-    config = getattr(model, "_wageubn_config", None)
+    config = config_or_none(model)
     if not isinstance(config, WAGEUBNConfig) or config.weight is None or config.activation is None:
         preset = getattr(config, "name", None)
         raise UnsupportedModuleError(
@@ -432,7 +432,7 @@ def export_model(
             f"has {len(mean32)} (data={data!r}); pass the matching data name or mean/std"
         )
     graph["input"] = {"mean": mean32, "std": std32, "channels": c_in, "data": data}
-    config = model._wageubn_config
+    config = config_of(model)
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),

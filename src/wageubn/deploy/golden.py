@@ -9,7 +9,7 @@ model (the model itself is not changed) and writes every quantity of the step to
   classifier, BN running statistics, raw gradients, the input, logits and loss) and the labels.
 
 Capture is from the outside: the observation taps that every quantizer call site already has
-(``wageubn.nn.observe.set_recorder``, installed only inside a context manager) report W, A, E1, E2,
+(``wageubn.core.observe.set_recorder``, installed only inside a context manager) report W, A, E1, E2,
 the BN μ, σ, x̂, γ, β, G and momentum with the layer or parameter they belong to; forward hooks
 add each conv/linear output Z and BN output y. ``verify_dump(path)`` reloads the inputs and weights
 from a dump, recomputes the step and compares every tensor bit for bit, plus integer re-derivations of W, U and momentum.
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from ..convert import UnsupportedModuleError
+from ..convert import UnsupportedModuleError, config_of, config_or_none
 from ..nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from ..optim import QSGD, quantized_lr
 from ..quant import encode, fit_exponent, pow2_exponent
@@ -89,7 +89,7 @@ _BN_NAMES = {
 
 
 class _Taps:
-    """The ``wageubn.nn.observe`` recorder: every quantizer call site reports ``(role, before,
+    """The ``wageubn.core.observe`` recorder: every quantizer call site reports ``(role, before,
     after, kind, bits)`` to the observer of its owner (a layer or a parameter)."""
 
     def __init__(self, rec: _Recorder, owners: dict[int, tuple[str, str]]) -> None:
@@ -144,7 +144,7 @@ class _Taps:
 
 @contextlib.contextmanager
 def _capture(model: nn.Module, rec: _Recorder, params: dict) -> Iterator[_Taps]:
-    from ..nn.observe import set_recorder
+    from ..core.observe import set_recorder
 
     cfg = rec.cfg
     owners: dict[int, tuple[str, str]] = {id(p): (prefix, "param") for prefix, p in params.values()}
@@ -209,15 +209,14 @@ def _check_opt(optimizer_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_step(model: nn.Module, batch: Any, opt_cfg: dict[str, Any]) -> dict[str, Any]:
-    cfg = getattr(model, "_wageubn_config", None)
+    cfg = config_or_none(model)
     if not isinstance(cfg, WAGEUBNConfig) or cfg.weight is None or cfg.activation is None:
         raise UnsupportedModuleError(
             "dump_step: the model is not quantized (fp32 preset or no quantize_); golden tensors "
             "record a quantized step: quantize_(model, 'paper') or 'int8' first"
         )
     x, y = batch
-    # step the model itself and restore it after: a deepcopy would drop the parameters' QSGD role
-    # tags (torch.nn.Parameter.__deepcopy__ does not copy attributes), turning the step float
+    # step the model itself and restore it after (no copy of a model that may be large)
     with _restored(model):
         return _step(model, cfg, x, y, opt_cfg)
 
@@ -316,7 +315,7 @@ def dump_step(
     save_file = require("safetensors.torch", "export", "dump_step (wageubn dump-step)").save_file
     opt_cfg = _check_opt(optimizer_config)
     tensors = _record_step(model, batch, opt_cfg)
-    cfg = model._wageubn_config
+    cfg = config_of(model)
     meta = {
         "format": FORMAT,
         "version": str(VERSION),
@@ -396,10 +395,10 @@ def verify_dump(path: str | Path, model: nn.Module | None = None, *, strict: boo
                 "pass model= a model of the same architecture"
             )
         model = quantize_(create_model(spec["name"], **spec.get("kwargs", {})), config)
-    elif getattr(model, "_wageubn_config", None) != config:
+    elif config_or_none(model) != config:
         raise ValueError(
             f"verify_dump: model= must be quantized with the dump's config ({config.name!r}: "
-            f"{meta['config']}); got {getattr(model, '_wageubn_config', None)!r}"
+            f"{meta['config']}); got {config_or_none(model)!r}"
         )
     with _restored(model):  # a caller's model gets its values back afterwards
         saved = {n: m.momentum for n, m in model.named_modules() if n in bn_momentum}
