@@ -8,7 +8,8 @@
   W, A, E1, E2, G, U, momentum and BN quantities as integer codes (docs/golden-tensors.md).
 """
 
-from .export import DeployError, export_model, model_from_checkpoint
+from .export import export_model, model_from_checkpoint
+from .format import DeployError
 from .golden import dump_step, verify_dump
 from .runtime import IntegerLogits, IntegerModel
 

@@ -33,7 +33,7 @@ from ..convert import UnsupportedModuleError, config_of, config_or_none
 from ..nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from ..optim import QSGD, quantized_lr
 from ..quant import encode, fit_exponent, pow2_exponent
-from .export import DeployError
+from .format import DeployError
 
 __all__ = ["dump_step", "verify_dump"]
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from .export import FORMAT, VERSION, DeployError
+from .format import FORMAT, VERSION, DeployError
 
 __all__ = ["IntegerLogits", "IntegerModel"]
 

@@ -41,12 +41,18 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..config import ROLES, WAGEUBNConfig
+from ..core.progress import Progress
+from ..run.config import (
+    RunConfig,
+    RunConfigError,
+    apply_overrides,
+    load_run_config,
+    parse_overrides,
+)
 from .ablation_report import require_plot, write_results
 from .lifecycle import describe_status
 from .loop import RESUMABLE_KEYS, TrainingError, TrainingIOError, _flatten, train
 from .metrics import read_metrics
-from .progress import Progress
-from .runconfig import RunConfig, RunConfigError, apply_overrides, load_run_config, parse_overrides
 
 __all__ = ["GROUPS", "VARIANTS", "AblationError", "Variant", "ablate", "variants_for"]
 

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from ..config import WAGEUBNConfig
-from .runconfig import _SECTIONS, RunConfig
+from ..run.config import _SECTIONS, RunConfig
 
 __all__ = ["attribute_docs", "format_config", "key_docs"]
 

@@ -38,19 +38,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import UnsupportedModuleError, quantize_
+from ..core.progress import LogProgress, Progress
+from ..core.version import __version__
 from ..data import Batches, CorruptDataError, derive_seed, load_dataset
-from ..models import create_model
 from ..optim import QSGD
 from ..optim.qsgd import quantized_lr
-from . import parallel
-from .checkpoint import (
+from ..run.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     load_checkpoint,
     resolve_checkpoint,
     serialize_checkpoint,
 )
+from ..run.config import RunConfig, RunConfigError, dump_yaml, load_run_config
+from ..run.model import build_model
+from . import parallel
 from .lifecycle import (
     StopSignals,
     TrainingInterrupted,
@@ -60,8 +62,6 @@ from .lifecycle import (
     write_run_info,
 )
 from .metrics import MetricsWriter
-from .progress import LogProgress, Progress
-from .runconfig import RunConfig, RunConfigError, dump_yaml, load_run_config
 from .schedule import Schedule
 
 __all__ = [
@@ -152,22 +152,8 @@ def _build(
     cfg: RunConfig, num_classes: int, in_channels: int, device: torch.device | None = None
 ) -> tuple[nn.Module, QSGD, Schedule]:
     torch.manual_seed(cfg.train.seed)
-    kwargs = dict(cfg.model.kwargs)
-    if cfg.model.width is not None:
-        kwargs["width"] = cfg.model.width
-    try:
-        model = create_model(
-            cfg.model.name, num_classes=num_classes, in_channels=in_channels, **kwargs
-        )
-    except TypeError as exc:
-        raise RunConfigError(f"model.kwargs: {exc}") from None
-    except ValueError as exc:  # an importable model that does not fit the data
-        raise RunConfigError(f"model.name: {exc}") from None
+    model = build_model(cfg, num_classes, in_channels)
     qcfg = cfg.quant_config()
-    try:
-        quantize_(model, qcfg)
-    except UnsupportedModuleError as exc:
-        raise RunConfigError(f"model.name {cfg.model.name!r}: {exc}") from None
     device = device or torch.device("cpu")
     model = model.to(device)
     if cfg.train.channels_last:
@@ -215,7 +201,7 @@ def _check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None
 
 def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The run config saved in a checkpoint, with dotted ``overrides`` applied."""
-    from .runconfig import apply_overrides, parse_overrides
+    from ..run.config import apply_overrides, parse_overrides
 
     ckpt = load_checkpoint(path)
     values = apply_overrides(ckpt["run_config"], parse_overrides(overrides or []))
@@ -519,8 +505,6 @@ class _Run:
     def _write_run_files(
         self, ckpt_path: Path | None, ckpt: Any, command: list[str] | None
     ) -> None:
-        import wageubn
-
         atomic_write_bytes(self.run_dir / "config.yaml", dump_yaml(self.cfg).encode())
         info_path = self.run_dir / "run.json"
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -533,7 +517,7 @@ class _Run:
             info.setdefault("resumes", []).append(resume)
         else:
             info = {
-                "wageubn": wageubn.__version__,
+                "wageubn": __version__,
                 "torch": str(torch.__version__),
                 "python": platform.python_version(),
                 "platform": platform.platform(),
@@ -586,7 +570,7 @@ class _Run:
             "elapsed_s": time.perf_counter() - self.t0,
             "run_config": self.cfg.to_dict(),
             "world_size": self.ctx.world,
-            "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
+            "versions": {"wageubn": __version__, "torch": str(torch.__version__)},
         }
         data = serialize_checkpoint(payload)
         for path in (self.last_path, self.best_path) if best else (self.last_path,):
@@ -900,9 +884,3 @@ def _scheduled_lr_q(lr: float, qcfg: Any) -> float:
 
 def _zeros() -> dict[str, float | int]:
     return {"loss_sum": 0.0, "steps": 0, "correct": 0, "count": 0}
-
-
-def _version() -> str:
-    import wageubn
-
-    return wageubn.__version__
