@@ -1,4 +1,5 @@
-"""Layer 3: quantized layers that follow the WAGEUBN data path (docs/WAGEUBN.md §2)."""
+"""Layer 3: quantized layers that follow the WAGEUBN data path (docs/WAGEUBN.md §2; the layers of
+the package: docs/ARCHITECTURE.md)."""
 
 from ..core.roles import QuantModule
 from .activations import (
