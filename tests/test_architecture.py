@@ -24,8 +24,10 @@ FORBIDDEN_WITHIN = {
     "wageubn.deploy.runtime": (
         "wageubn.deploy.export",
         "wageubn.deploy.golden",
+        "wageubn.deploy.verify",
         "wageubn.deploy.command",
     ),
+    "wageubn.deploy.format": ("wageubn.deploy.export", "wageubn.deploy.runtime"),
 }
 FACADE = "wageubn"  # the package root re-exports the public API: it may import any unit
 

@@ -10,8 +10,9 @@
 
 from .export import export_model, model_from_checkpoint
 from .format import DeployError
-from .golden import dump_step, verify_dump
+from .golden import dump_step
 from .runtime import IntegerLogits, IntegerModel
+from .verify import verify_dump
 
 __all__ = [
     "DeployError",
