@@ -295,3 +295,20 @@ def test_config_defaults_to_the_models_and_a_disagreeing_one_is_refused():
 def test_from_model_of_an_unconverted_model_is_an_error():
     with pytest.raises(ValueError, match=r"no quantized layer.*quantize_\(model, config\)"):
         QSGD.from_model(create_model("small_cnn", width=4), lr=0.05)
+
+
+def test_an_optimizer_built_before_quantize_finds_the_roles_after_it():
+    """quantize_ keeps the parameter objects, so an optimizer of bare parameters built first
+    sees the layers' roles once they exist (and a deep copy's layers are no one else's)."""
+    model = create_model("small_cnn", width=4)
+    opt = QSGD(model.parameters(), lr=0.05, config="paper")
+    group = opt.param_groups[0]
+    assert opt.role_of(model.conv1.weight, group) == "float"
+    clone = quantize_(copy.deepcopy(model), "paper")
+    assert opt.role_of(model.conv1.weight, group) == "float"  # the clone's layers hold copies
+    quantize_(model, "paper")
+    assert opt.role_of(model.conv1.weight, group) == "weight"
+    assert (
+        opt.role_of(model.bn2.bias, group) == "bn" and opt.role_of(model.fc.bias, group) == "float"
+    )
+    assert parameter_roles(clone) == parameter_roles(model)
