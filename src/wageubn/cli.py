@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 def train_command(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
-    from .train.loop import config_from_checkpoint
+    from .train.resume import config_from_checkpoint
 
     if args.config is None and args.resume is None:
         raise UsageError("wageubn train: give a CONFIG.yaml, or --resume RUN_DIR")

@@ -51,8 +51,9 @@ from ..run.config import (
 )
 from .ablation_report import require_plot, write_results
 from .lifecycle import describe_status
-from .loop import RESUMABLE_KEYS, TrainingError, TrainingIOError, _flatten, train
+from .loop import TrainingError, TrainingIOError, train
 from .metrics import read_metrics
+from .resume import RESUMABLE_KEYS, flatten
 
 __all__ = ["GROUPS", "VARIANTS", "AblationError", "Variant", "ablate", "variants_for"]
 
@@ -239,7 +240,7 @@ def _state(run_dir: Path, vcfg: RunConfig, name: str) -> str:
         saved = RunConfig.from_dict(_read(run_dir / "config.yaml", name), source="config.yaml")
     except RunConfigError as exc:
         raise AblationError(f"{run_dir}/{exc}; remove {run_dir} to train {name} again") from None
-    now, then = _flatten(vcfg.to_dict()), _flatten(saved.to_dict())
+    now, then = flatten(vcfg.to_dict()), flatten(saved.to_dict())
     length = ("train.epochs", "train.max_steps")  # a longer run continues the variant
     diffs = [
         k

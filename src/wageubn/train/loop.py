@@ -53,6 +53,7 @@ from ..run.checkpoint import (
 from ..run.config import RunConfig, RunConfigError, dump_yaml, load_run_config
 from ..run.model import build_model
 from . import parallel
+from .evaluate import evaluate
 from .lifecycle import (
     StopSignals,
     TrainingInterrupted,
@@ -62,10 +63,12 @@ from .lifecycle import (
     write_run_info,
 )
 from .metrics import MetricsWriter
+from .resume import RESUMABLE_KEYS, check_compatible, config_from_checkpoint
 from .schedule import Schedule
 
 __all__ = [
     "RESUMABLE_KEYS",
+    "config_from_checkpoint",
     "TrainingError",
     "TrainingIOError",
     "TrainingInterrupted",
@@ -75,26 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("wageubn.train")
-
-# Keys that may differ between a checkpoint's run config and the config it is resumed with.
-RESUMABLE_KEYS = frozenset(
-    {
-        "train.epochs",
-        "train.max_steps",
-        "train.log_every",
-        "train.threads",
-        "train.tensorboard",
-        "train.checkpoint_every_steps",
-        "train.eval_every_epochs",
-        "diag.every",
-        "train.out_dir",
-        "train.run_name",
-        "data.root",
-        "data.num_workers",
-        "data.eval_batch_size",
-        "dist.timeout",
-    }
-)
 
 
 class TrainingError(RuntimeError):
@@ -175,73 +158,7 @@ def _build(
     return model, opt, schedule
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
-    now, then = _flatten(cfg.to_dict()), _flatten(saved)
-    diffs = [
-        f"{k} {then.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
-        for k in sorted(set(now) | set(then))
-        if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)
-    ]
-    if diffs:
-        raise CheckpointError(
-            f"{path}: written by a different run config: {'; '.join(diffs)}; resume with the "
-            "run's own config (omit CONFIG) or start a new run"
-        )
-
-
-def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """The run config saved in a checkpoint, with dotted ``overrides`` applied."""
-    from ..run.config import apply_overrides, parse_overrides
-
-    ckpt = load_checkpoint(path)
-    values = apply_overrides(ckpt["run_config"], parse_overrides(overrides or []))
-    return RunConfig.from_dict(values, source=f"{resolve_checkpoint(path)} run_config")
-
-
 # -- evaluation ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Any,
-    batch_size: int,
-    *,
-    channels_last: bool = False,
-    num_workers: int = 0,
-    device: torch.device | None = None,
-    progress: Progress | None = None,
-) -> dict[str, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``;
-    ``progress`` (optional) tracks the batches."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
-    progress = progress or Progress()
-    try:
-        for x, y in progress.track(batches, total=len(batches), desc="eval", unit="batch"):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += y.numel()
-    finally:
-        model.train(was_training)
-    return {"loss": loss_sum / n, "acc": correct / n, "images": n}
 
 
 def evaluate_checkpoint(
@@ -343,7 +260,7 @@ def train(
     if resume is not None:
         ckpt_path = resolve_checkpoint(resume)
         ckpt = load_checkpoint(ckpt_path)
-        _check_compatible(cfg, ckpt["run_config"], ckpt_path)
+        check_compatible(cfg, ckpt["run_config"], ckpt_path)
     threads = torch.get_num_threads()
     ctx = parallel.setup(cfg)
     clean = False
