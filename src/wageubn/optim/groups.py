@@ -25,10 +25,13 @@ from ..core.roles import PARAMETER_ROLES, live_roles, parameter_roles
 __all__ = [
     "OPTIMIZER_FIELDS",
     "check_agrees",
+    "config_for",
     "differing_fields",
     "layer_configs",
+    "listed",
     "param_groups",
     "parameter_roles",
+    "tensors_of",
 ]
 
 OPTIMIZER_FIELDS = ("grad", "bn_grad", "lr", "momentum", "update", "grad_rounding", "grad_range")
@@ -83,3 +86,45 @@ def layer_configs(params: Iterable[torch.Tensor]) -> dict[int, tuple[str, WAGEUB
         if layer is not None and isinstance(config, WAGEUBNConfig):
             out[pid] = (type(layer).__name__, config)
     return out
+
+
+def listed(item: Any) -> Any:
+    """A param group whose ``params`` iterator is a list (read twice: here and by torch)."""
+    if isinstance(item, dict) and "params" in item:
+        ps = item["params"]
+        if not isinstance(ps, torch.Tensor | set | list | tuple):  # torch refuses sets itself
+            return {**item, "params": list(ps)}
+    return item
+
+
+def tensors_of(params: list[Any]) -> list[torch.Tensor]:
+    """The tensors of a list of parameters or param groups (as ``torch.optim.Optimizer`` reads it)."""
+    out: list[Any] = []
+    for item in params:
+        if isinstance(item, dict):
+            ps = item.get("params", [])
+            out.extend([ps] if isinstance(ps, torch.Tensor) else ps)
+        else:
+            out.append(item)
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def config_for(params: list[torch.Tensor], config: WAGEUBNConfig | None) -> WAGEUBNConfig:
+    """``config``, checked against the quantized layers holding ``params``; without one, theirs
+    (``paper`` when no quantized layer holds any of them)."""
+    held = layer_configs(params)
+    distinct: dict[tuple[Any, ...], tuple[str, WAGEUBNConfig]] = {}
+    for layer, cfg in held.values():
+        distinct.setdefault(tuple(getattr(cfg, f) for f in OPTIMIZER_FIELDS), (layer, cfg))
+    if config is None:
+        if len(distinct) > 1:
+            (la, a), (lb, b) = list(distinct.values())[:2]
+            raise ValueError(
+                f"QSGD: the parameters' quantized layers disagree (a {la} and a {lb}: "
+                f"{'; '.join(differing_fields(a, b))}); quantize_ the model with one config, or "
+                "pass config="
+            )
+        return next(iter(distinct.values()))[1] if distinct else WAGEUBNConfig.preset("paper")
+    for layer, cfg in distinct.values():
+        check_agrees(config, cfg, f"the model's {layer} layers")
+    return config

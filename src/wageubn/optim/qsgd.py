@@ -39,8 +39,7 @@ from ..convert import config_of
 from ..core import roles as param_roles
 from ..core.observe import tap
 from ..quant import check_grad_range, device
-from .groups import OPTIMIZER_FIELDS as _FIELDS
-from .groups import check_agrees, differing_fields, layer_configs, param_groups
+from .groups import check_agrees, config_for, listed, param_groups, tensors_of
 from .update import fused_update
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
@@ -125,8 +124,8 @@ class QSGD(torch.optim.Optimizer):
             config = WAGEUBNConfig.preset(config)
         if config is not None and not isinstance(config, WAGEUBNConfig):
             raise TypeError(f"QSGD: config must be a WAGEUBNConfig, got {type(config).__name__}")
-        params = [_listed(item) for item in params]
-        config = _config_for(_tensors(params), config)
+        params = [listed(item) for item in params]
+        config = config_for(tensors_of(params), config)
         for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"QSGD: {name} must be a number, got {value!r}")
@@ -446,45 +445,3 @@ class QSGD(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if gen is not None:
             self.generator.set_state(gen)
-
-
-def _listed(item: Any) -> Any:
-    """A param group whose ``params`` iterator is a list (read twice: here and by torch)."""
-    if isinstance(item, dict) and "params" in item:
-        ps = item["params"]
-        if not isinstance(ps, torch.Tensor | set | list | tuple):  # torch refuses sets itself
-            return {**item, "params": list(ps)}
-    return item
-
-
-def _tensors(params: list[Any]) -> list[torch.Tensor]:
-    """The tensors of a list of parameters or param groups (as ``torch.optim.Optimizer`` reads it)."""
-    out: list[Any] = []
-    for item in params:
-        if isinstance(item, dict):
-            ps = item.get("params", [])
-            out.extend([ps] if isinstance(ps, torch.Tensor) else ps)
-        else:
-            out.append(item)
-    return [t for t in out if isinstance(t, torch.Tensor)]
-
-
-def _config_for(params: list[torch.Tensor], config: WAGEUBNConfig | None) -> WAGEUBNConfig:
-    """``config``, checked against the quantized layers holding ``params``; without one, theirs
-    (``paper`` when no quantized layer holds any of them)."""
-    held = layer_configs(params)
-    distinct: dict[tuple[Any, ...], tuple[str, WAGEUBNConfig]] = {}
-    for layer, cfg in held.values():
-        distinct.setdefault(tuple(getattr(cfg, f) for f in _FIELDS), (layer, cfg))
-    if config is None:
-        if len(distinct) > 1:
-            (la, a), (lb, b) = list(distinct.values())[:2]
-            raise ValueError(
-                f"QSGD: the parameters' quantized layers disagree (a {la} and a {lb}: "
-                f"{'; '.join(differing_fields(a, b))}); quantize_ the model with one config, or "
-                "pass config="
-            )
-        return next(iter(distinct.values()))[1] if distinct else WAGEUBNConfig.preset("paper")
-    for layer, cfg in distinct.values():
-        check_agrees(config, cfg, f"the model's {layer} layers")
-    return config
