@@ -97,8 +97,10 @@ def listed(item: Any) -> Any:
     return item
 
 
-def tensors_of(params: list[Any]) -> list[torch.Tensor]:
+def tensors_of(params: Any) -> list[torch.Tensor]:
     """The tensors of a list of parameters or param groups (as ``torch.optim.Optimizer`` reads it)."""
+    if isinstance(params, torch.Tensor):
+        return [params]
     out: list[Any] = []
     for item in params:
         if isinstance(item, dict):

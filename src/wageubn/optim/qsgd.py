@@ -124,7 +124,8 @@ class QSGD(torch.optim.Optimizer):
             config = WAGEUBNConfig.preset(config)
         if config is not None and not isinstance(config, WAGEUBNConfig):
             raise TypeError(f"QSGD: config must be a WAGEUBNConfig, got {type(config).__name__}")
-        params = [listed(item) for item in params]
+        if not isinstance(params, torch.Tensor):  # (a lone tensor: torch's own TypeError below)
+            params = [listed(item) for item in params]
         config = config_for(tensors_of(params), config)
         for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -162,6 +163,7 @@ class QSGD(torch.optim.Optimizer):
             generator = torch.Generator(device=where).manual_seed(seed)
         self.generator = generator
         self._warned_zero_lr = False
+        self._find_roles()  # the layers holding the parameters now (later ones: at first use)
         self._held: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         quantized_lr(lr, config)  # fail at construction, not at the first step
 
