@@ -9,8 +9,9 @@ reads checkpoints without importing the trainer.
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import RunConfig, RunConfigError, load_run_config
+from .config import RunConfig, RunConfigError
 from .model import build_model, model_from_checkpoint
+from .overrides import load_run_config
 
 __all__ = [
     "CheckpointError",

@@ -1,12 +1,14 @@
 """The run config: a dataclass tree loaded from YAML plus dotted command-line overrides.
 
+>>> from wageubn.run.overrides import load_run_config
 >>> cfg = load_run_config("configs/mnist_cnn_paper.yaml", ["--optim.lr", "0.0625"])
 >>> cfg.optim.lr, cfg.quant_config().error2
 (0.0625, 8)
 
 Every key, its default and its meaning is listed in docs/training.md. Unknown keys (in the YAML
 file or in an override) are errors with a close-match suggestion; all errors of one config are
-collected and raised together as one `RunConfigError`.
+collected and raised together as one `RunConfigError`. Reading a YAML file and applying
+``--key value`` overrides is ``wageubn.run.overrides``.
 """
 
 from __future__ import annotations
@@ -17,20 +19,21 @@ import numbers
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..config import WAGEUBNConfig
 
 __all__ = [
+    "FREE_DICTS",
+    "QUANT_KEYS",
+    "SECTIONS",
     "DataSection",
     "ModelSection",
     "OptimSection",
     "RunConfig",
     "RunConfigError",
     "TrainSection",
-    "load_run_config",
-    "parse_overrides",
+    "suggest",
 ]
 
 
@@ -146,7 +149,7 @@ class DiagSection:
     """Record per-layer quantizer statistics every N steps into diagnostics.jsonl (None: off)."""
 
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
     "optim": OptimSection,
@@ -154,8 +157,8 @@ _SECTIONS: dict[str, type] = {
     "dist": DistSection,
     "diag": DiagSection,
 }
-_QUANT_KEYS = ["preset"] + [f.name for f in dataclasses.fields(WAGEUBNConfig) if f.name != "name"]
-_FREE_DICTS = {"model.kwargs"}  # sub-keys are passed through unchecked
+QUANT_KEYS = ["preset"] + [f.name for f in dataclasses.fields(WAGEUBNConfig) if f.name != "name"]
+FREE_DICTS = {"model.kwargs"}  # sub-keys are passed through unchecked
 
 
 @dataclass
@@ -186,20 +189,18 @@ class RunConfig:
         top = ["model", "data", "quant", "optim", "train", "dist", "diag"]
         for key in values:
             if key not in top:
-                errors.append(f"unknown key {key!r}{_suggest(str(key), top)}")
+                errors.append(f"unknown key {key!r}{suggest(str(key), top)}")
         sections: dict[str, Any] = {}
-        for name, section_cls in _SECTIONS.items():
+        for name, section_cls in SECTIONS.items():
             sections[name] = _build(section_cls, values.get(name) or {}, name, errors)
         quant = values.get("quant") or {"preset": "paper"}
         if not isinstance(quant, dict):
             errors.append(f"quant: expected a mapping, got {quant!r}")
             quant = {"preset": "paper"}
         for key in quant:
-            if key not in _QUANT_KEYS:
-                errors.append(
-                    f"unknown key 'quant.{key}'{_suggest(str(key), _QUANT_KEYS, 'quant.')}"
-                )
-        quant = {"preset": "paper", **{k: v for k, v in quant.items() if k in _QUANT_KEYS}}
+            if key not in QUANT_KEYS:
+                errors.append(f"unknown key 'quant.{key}'{suggest(str(key), QUANT_KEYS, 'quant.')}")
+        quant = {"preset": "paper", **{k: v for k, v in quant.items() if k in QUANT_KEYS}}
         cfg = cls(quant=quant, **sections)
         if not errors:
             errors.extend(cfg._semantic_errors())
@@ -223,13 +224,13 @@ class RunConfig:
                 errors.append(f"model.name: {exc}")
         elif m.name not in list_models():
             errors.append(
-                f"model.name {m.name!r} is not a model{_suggest(m.name, list_models())} (an "
+                f"model.name {m.name!r} is not a model{suggest(m.name, list_models())} (an "
                 "importable model is written 'package.module:factory', e.g. "
                 "'torchvision:mobilenet_v2')"
             )
         if d.name not in list_datasets():
             errors.append(
-                f"data.name {d.name!r} is not a data set{_suggest(d.name, list_datasets())}"
+                f"data.name {d.name!r} is not a data set{suggest(d.name, list_datasets())}"
             )
         if d.name in ("imagefolder", "cifar10", "cifar100") and d.root is None:
             errors.append(f"data.root is required for {d.name}; pass --data.root DIR")
@@ -310,7 +311,7 @@ class RunConfig:
         if self.dist.backend not in ("auto", "gloo", "nccl"):
             errors.append(
                 f"dist.backend must be 'auto', 'gloo' or 'nccl', got {self.dist.backend!r}"
-                + _suggest(str(self.dist.backend), ["auto", "gloo", "nccl"], "")
+                + suggest(str(self.dist.backend), ["auto", "gloo", "nccl"], "")
             )
         if not 2 <= self.dist.code_bits <= 31:
             errors.append(f"dist.code_bits must be in [2, 31], got {self.dist.code_bits}")
@@ -327,7 +328,7 @@ class RunConfig:
         return errors
 
 
-def _suggest(name: str, options: list[str], prefix: str = "") -> str:
+def suggest(name: str, options: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, options, n=1)
     return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
@@ -381,7 +382,7 @@ def _build(cls: type, values: Any, prefix: str, errors: list[str]) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            errors.append(f"unknown key '{prefix}.{key}'{_suggest(str(key), names, prefix + '.')}")
+            errors.append(f"unknown key '{prefix}.{key}'{suggest(str(key), names, prefix + '.')}")
             continue
         ok, value = _check_type(value, hints[key])
         if not ok:
@@ -389,105 +390,3 @@ def _build(cls: type, values: Any, prefix: str, errors: list[str]) -> Any:
             continue
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def all_keys() -> list[str]:
-    """Every dotted key a run config accepts (``quant.*`` included)."""
-    keys = [f"{s}.{f.name}" for s, c in _SECTIONS.items() for f in dataclasses.fields(c)]
-    return keys + [f"quant.{k}" for k in _QUANT_KEYS]
-
-
-def parse_overrides(tokens: list[str]) -> dict[str, Any]:
-    """``["--optim.lr", "0.05", "--train.epochs=2"]`` -> ``{"optim.lr": 0.05, "train.epochs": 2}``.
-
-    Values are parsed as YAML scalars (``null``, ``true``, ``[30, 60]`` all work).
-    """
-    import yaml
-
-    out: dict[str, Any] = {}
-    errors: list[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or len(token) == 2:
-            errors.append(f"unexpected argument {token!r}; overrides look like --optim.lr 0.05")
-            i += 1
-            continue
-        key, sep, raw = token[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(tokens):
-                errors.append(f"override --{key} needs a value")
-                break
-            raw = tokens[i + 1]
-            i += 1
-        i += 1
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            errors.append(f"override --{key}: cannot parse {raw!r} as a YAML value")
-    if errors:
-        raise RunConfigError("; ".join(errors))
-    return out
-
-
-def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``values`` with dotted ``overrides`` set; unknown keys are errors (collected)."""
-    import copy
-
-    values = copy.deepcopy(values)
-    keys = all_keys()
-    errors = []
-    for dotted, value in overrides.items():
-        parts = dotted.split(".")
-        free = any(dotted.startswith(p + ".") for p in _FREE_DICTS)
-        if dotted not in keys and not free:
-            errors.append(f"unknown key {dotted!r}{_suggest(dotted, keys)}")
-            continue
-        node = values
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-    if errors:
-        raise RunConfigError("override: " + "; ".join(errors))
-    return values
-
-
-def load_run_config(
-    path: str | Path | None, overrides: list[str] | dict[str, Any] | None = None
-) -> RunConfig:
-    """Read ``path`` (YAML; None = all defaults), apply ``overrides``, validate.
-
-    ``run_name`` defaults to the file's stem. Raises `RunConfigError` (every problem in one
-    message) or ``FileNotFoundError``.
-    """
-    import yaml
-
-    values: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise RunConfigError(f"{path}: no such config file")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise RunConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(values, dict):
-            raise RunConfigError(f"{path}: expected a mapping at the top level")
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    values = apply_overrides(values, overrides or {})
-    cfg = RunConfig.from_dict(values, source=source)
-    if cfg.train.run_name is None and path is not None:
-        cfg.train.run_name = path.stem
-    return cfg
-
-
-def dump_yaml(cfg: RunConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -5,7 +5,8 @@
 """
 
 from ..run.checkpoint import CheckpointError, load_checkpoint
-from ..run.config import RunConfig, RunConfigError, load_run_config
+from ..run.config import RunConfig, RunConfigError
+from ..run.overrides import load_run_config
 from .loop import (
     TrainingError,
     TrainingInterrupted,

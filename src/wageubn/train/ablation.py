@@ -42,13 +42,8 @@ from typing import Any, cast
 
 from ..config import ROLES, WAGEUBNConfig
 from ..core.progress import Progress
-from ..run.config import (
-    RunConfig,
-    RunConfigError,
-    apply_overrides,
-    load_run_config,
-    parse_overrides,
-)
+from ..run.config import RunConfig, RunConfigError
+from ..run.overrides import apply_overrides, load_run_config, parse_overrides
 from .ablation_report import require_plot, write_results
 from .lifecycle import describe_status
 from .loop import TrainingError, TrainingIOError, train

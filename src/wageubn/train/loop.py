@@ -50,8 +50,9 @@ from ..run.checkpoint import (
     resolve_checkpoint,
     serialize_checkpoint,
 )
-from ..run.config import RunConfig, RunConfigError, dump_yaml, load_run_config
+from ..run.config import RunConfig, RunConfigError
 from ..run.model import build_model
+from ..run.overrides import dump_yaml, load_run_config
 from . import parallel
 from .evaluate import evaluate
 from .lifecycle import (

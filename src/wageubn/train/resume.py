@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from ..run.config import RunConfig, apply_overrides, parse_overrides
+from ..run.config import RunConfig
+from ..run.overrides import apply_overrides, parse_overrides
 
 __all__ = ["RESUMABLE_KEYS", "check_compatible", "config_from_checkpoint", "flatten"]
 
