@@ -22,6 +22,7 @@ __all__ = [
     "same_device",
 ]
 
+
 def check_codes(fn: str, name: str, t: object, ndim: int, allow_uint8: bool) -> torch.Tensor:
     allowed = "int8 or uint8" if allow_uint8 else "int8"
     if not isinstance(t, torch.Tensor):
