@@ -26,11 +26,8 @@ import contextlib
 import errno
 import logging
 import math
-import platform
 import signal
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -52,19 +49,19 @@ from ..run.checkpoint import (
 )
 from ..run.config import RunConfig, RunConfigError
 from ..run.model import build_model
-from ..run.overrides import dump_yaml, load_run_config
+from ..run.overrides import dump_yaml
 from . import parallel
 from .evaluate import evaluate
 from .lifecycle import (
     StopSignals,
     TrainingInterrupted,
     describe_status,
-    owner_record,
     read_run_info,
     write_run_info,
 )
 from .metrics import MetricsWriter
 from .resume import RESUMABLE_KEYS, check_compatible, config_from_checkpoint
+from .rundir import as_run_config, new_run_dir, reason, run_record
 from .schedule import Schedule
 
 __all__ = [
@@ -90,10 +87,6 @@ class TrainingIOError(TrainingError):
     """Training stopped on a file the user fixes: an undecodable data file, or a write that
     failed (disk full, read-only or vanished directory). Names the file, what happened and what
     is saved (the last checkpoint stays intact); the CLI exits with status 2."""
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -212,33 +205,6 @@ def evaluate_checkpoint(
 # -- the run ------------------------------------------------------------------------------------
 
 
-def _as_run_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
-    if isinstance(config, RunConfig):
-        return config
-    if isinstance(config, dict):
-        return RunConfig.from_dict(config)
-    if isinstance(config, str | Path):
-        return load_run_config(config)
-    raise TypeError(f"train: config must be a RunConfig, dict or path, got {type(config).__name__}")
-
-
-def _new_run_dir(cfg: RunConfig) -> Path:
-    base = Path(cfg.train.out_dir).expanduser() / (cfg.train.run_name or "run")
-    run_dir, i = base, 1
-    try:
-        while run_dir.exists() and any(run_dir.iterdir()):
-            i += 1
-            run_dir = base.with_name(f"{base.name}-{i}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # out_dir is a file, read-only, full...
-        raise RunConfigError(
-            f"train.out_dir {cfg.train.out_dir}: cannot create the run directory {run_dir} "
-            f"({_reason(exc)}); nothing was written; pass a writable directory with "
-            "--train.out_dir DIR"
-        ) from None
-    return run_dir
-
-
 def train(
     config: RunConfig | dict[str, Any] | str | Path,
     *,
@@ -256,7 +222,7 @@ def train(
     CLI; main thread only) SIGTERM and SIGINT stop the run between two steps with a checkpoint
     and raise `TrainingInterrupted` (a KeyboardInterrupt).
     """
-    cfg = _as_run_config(config)
+    cfg = as_run_config(config)
     ckpt, ckpt_path = None, None
     if resume is not None:
         ckpt_path = resolve_checkpoint(resume)
@@ -331,7 +297,7 @@ class _Run:
             made: Any = None
             if ctx.is_main:
                 try:
-                    made = str(_new_run_dir(cfg))
+                    made = str(new_run_dir(cfg))
                 except RunConfigError as exc:  # every rank raises it; rank 0 prints it
                     made = exc
             made = parallel.broadcast(ctx, made)
@@ -368,7 +334,7 @@ class _Run:
                     else "pass a writable --train.out_dir"
                 )
                 failed = TrainingIOError(
-                    f"cannot write to the run directory {self.run_dir} ({_reason(exc)}); "
+                    f"cannot write to the run directory {self.run_dir} ({reason(exc)}); "
                     f"nothing was trained; {kept}"
                 )
         failed = parallel.broadcast(ctx, failed)  # every rank stops, not only rank 0
@@ -425,29 +391,16 @@ class _Run:
     ) -> None:
         atomic_write_bytes(self.run_dir / "config.yaml", dump_yaml(self.cfg).encode())
         info_path = self.run_dir / "run.json"
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        cmd = list(command) if command is not None else list(sys.argv)
-        info = read_run_info(info_path) if ckpt is not None else None
-        if info is not None:
-            resume = {"time": now, "checkpoint": str(ckpt_path), "step": self.step, "command": cmd}
-            if self.previous_status is not None:
-                resume["previous_status"] = self.previous_status
-            info.setdefault("resumes", []).append(resume)
-        else:
-            info = {
-                "wageubn": __version__,
-                "torch": str(torch.__version__),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "seed": self.cfg.train.seed,
-                "command": cmd,
-                "started": now,
-                "threads": torch.get_num_threads(),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "steps_per_epoch": len(self.batches),
-            }
-        info["status"] = "running"
-        info["owner"] = owner_record()  # tells a crashed run from a live one (lifecycle.py)
+        info = run_record(
+            self.cfg,
+            read_run_info(info_path) if ckpt is not None else None,
+            model=self.model,
+            steps_per_epoch=len(self.batches),
+            step=self.step,
+            checkpoint=ckpt_path,
+            command=command,
+            previous_status=self.previous_status,
+        )
         self.info, self.info_path = info, info_path
         write_run_info(info_path, info)
 
@@ -496,7 +449,7 @@ class _Run:
                 atomic_write_bytes(path, data)
             except OSError as exc:  # the previous file at `path` is intact (atomic write)
                 raise self._io_error(
-                    epoch, f"cannot write the checkpoint {path} ({_reason(exc)})"
+                    epoch, f"cannot write the checkpoint {path} ({reason(exc)})"
                 ) from None
             if path == self.last_path:
                 self.last_good = f"{self.last_path} (step {self.step})"
@@ -575,7 +528,7 @@ class _Run:
             self._set_status(f"failed: {error}")
             raise error from None
         except OSError as exc:  # metrics, diagnostics or run.json (checkpoints say so themselves)
-            what = f"a write to the run directory {self.run_dir} failed ({_reason(exc)})"
+            what = f"a write to the run directory {self.run_dir} failed ({reason(exc)})"
             if exc.errno == errno.ENOSPC:
                 what = f"the disk holding {self.run_dir} is full"
             error = self._io_error(epoch, what)
