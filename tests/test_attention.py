@@ -14,7 +14,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import reference as ref
 from wageubn import QSGD, UnsupportedModuleError, WAGEUBNConfig, kernels, quantize_, to_float_
-from wageubn.nn import ROLE_TAG, QuantLinear, QuantMultiheadAttention
+from wageubn.nn import QuantLinear, QuantMultiheadAttention
+from wageubn.optim import parameter_roles
 
 EXACT = {"rtol": 0, "atol": 0}
 PAPER = WAGEUBNConfig.preset("paper")
@@ -204,9 +205,10 @@ def test_quantize_converts_attention_as_a_whole_and_trains():
     assert type(model.attn) is QuantMultiheadAttention
     assert type(model.attn.out_proj) is QuantLinear
     assert [id(p) for p in model.parameters()] == [id(p) for p in params]
-    assert getattr(model.attn.in_proj_weight, ROLE_TAG) == "weight"
-    assert getattr(model.attn.out_proj.weight, ROLE_TAG) == "weight"
-    assert not hasattr(model.attn.in_proj_bias, ROLE_TAG)
+    roles = parameter_roles(model)
+    assert roles["attn.in_proj_weight"] == "weight"
+    assert roles["attn.out_proj.weight"] == "weight"
+    assert roles["attn.in_proj_bias"] == "float"
     opt = QSGD(model.parameters(), lr=0.25, config="int8")
     before = model.attn.in_proj_weight.detach().clone()
     F.cross_entropy(model(torch.randint(0, 11, (4, 5))), torch.tensor([0, 1, 2, 0])).backward()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from wageubn import UnsupportedModuleError, WAGEUBNConfig, quantize_, to_float_
+from wageubn import UnsupportedModuleError, WAGEUBNConfig, config_of, quantize_, to_float_
 from wageubn.nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 
 
@@ -28,7 +28,7 @@ def test_default_keeps_stem_and_head_float():
     assert types[1] is QuantBatchNorm2d and types[2] is QuantReLU and types[3] is QuantConv2d
     assert types[9] is QuantLinear
     assert m[2].inplace  # kept for to_float_, but QuantReLU never works in place
-    assert m._wageubn_config == WAGEUBNConfig.preset("paper")
+    assert config_of(m) == WAGEUBNConfig.preset("paper")
 
 
 def test_switches_quantize_stem_and_head():
@@ -55,7 +55,8 @@ def test_to_float_round_trip_restores_torch_modules():
     quantize_(m, WAGEUBNConfig.preset("paper").replace(weight_init=None))
     to_float_(m)
     assert [type(a) for a in m] == [type(b) for b in ref]
-    assert not hasattr(m, "_wageubn_config")
+    with pytest.raises(ValueError, match="no quantized layer"):
+        config_of(m)
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
 
@@ -95,7 +96,9 @@ def test_every_unsupported_module_is_listed_at_once_and_nothing_changes():
         "Mish",
     ):
         assert name in msg
-    assert type(m[2]) is nn.Conv2d and not hasattr(m, "_wageubn_config")
+    assert type(m[2]) is nn.Conv2d
+    with pytest.raises(ValueError, match="no quantized layer"):
+        config_of(m)  # nothing was converted
 
 
 @pytest.mark.parametrize(
@@ -153,3 +156,16 @@ def test_requantize_changes_config():
     m = quantize_(net(), "paper")
     quantize_(m, "paper_e2_16")
     assert m[3].config.error2 == 16 and m[1].config.error2 == 16
+
+
+def test_config_of_names_layers_that_disagree():
+    """config_of reads the layers, the config's only owners: layers converted with two configs
+    are named with the fields that differ."""
+    m = quantize_(net(), "paper")
+    assert config_of(m).name == "paper"
+    quantize_(m, "paper_e2_16", filter_fn=lambda mod, fqn: fqn == "3")
+    with pytest.raises(ValueError, match=r"disagree: 1, 2, 4, 5 and \d+ more hold 'paper'; 3 hold "
+                                         r"'paper_e2_16' with error2=16 \(not 8\)"):  # fmt: skip
+        config_of(m)
+    with pytest.raises(TypeError, match="nn.Module"):
+        config_of("model")  # type: ignore[arg-type]

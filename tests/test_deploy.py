@@ -184,8 +184,7 @@ def test_unsupported_models_are_named(mnist, tmp_path):
     fp32 = quantize_(create_model("small_cnn", width=4), "fp32")
     with pytest.raises(UnsupportedModuleError, match="not quantized"):
         export_model(fp32, tmp_path / "a.safetensors", data="mnist")
-    wrapped = nn.Sequential(_model("paper", True, x), nn.Sigmoid())
-    wrapped._wageubn_config = WAGEUBNConfig.preset("paper")
+    wrapped = nn.Sequential(_model("paper", True, x), nn.Sigmoid())  # its layers hold "paper"
     with pytest.raises(UnsupportedModuleError, match="Sigmoid"):
         export_model(wrapped, tmp_path / "b.safetensors", data="mnist")
 
@@ -198,7 +197,6 @@ def test_unsupported_models_are_named(mnist, tmp_path):
             return self.inner(x) * 2
 
     doubled = Doubled(_model("paper", True, x))
-    doubled._wageubn_config = WAGEUBNConfig.preset("paper")
     with pytest.raises(UnsupportedModuleError, match="mul"):
         export_model(doubled, tmp_path / "c.safetensors", data="mnist")
     with pytest.raises(ValueError, match="normalization is unknown"):

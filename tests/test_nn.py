@@ -11,7 +11,8 @@ from torch import nn
 
 import reference as ref
 from wageubn import WAGEUBNConfig
-from wageubn.nn import ROLE_TAG, QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from wageubn.nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from wageubn.optim import parameter_roles
 from wageubn.quant import flag_quantize, shift_quantize
 
 EXACT = {"rtol": 0, "atol": 0}
@@ -151,13 +152,17 @@ def test_from_float_shares_parameters_and_tags_roles():
     conv = nn.Conv2d(2, 3, 3, bias=True)
     q = QuantConv2d.from_float(conv, PAPER)
     assert q.weight is conv.weight and q.bias is conv.bias
-    assert getattr(q.weight, ROLE_TAG) == "weight" and not hasattr(q.bias, ROLE_TAG)
+    assert parameter_roles(q) == {"weight": "weight", "bias": "float"}
     back = q.to_float()
     assert type(back) is nn.Conv2d and back.weight is conv.weight
-    assert not hasattr(back.weight, ROLE_TAG)
+    assert parameter_roles(back) == {"weight": "float", "bias": "float"}
+    from wageubn import QSGD  # the handed-back weight is float for an optimizer of bare parameters
+
+    opt = QSGD(back.parameters(), lr=0.5, config="fp32")
+    assert opt.role_of(back.weight, opt.param_groups[0]) == "float"
     bn = nn.BatchNorm2d(3)
     qbn = QuantBatchNorm2d.from_float(bn, PAPER)
-    assert qbn.running_mean is bn.running_mean and getattr(qbn.weight, ROLE_TAG) == "bn"
+    assert qbn.running_mean is bn.running_mean and parameter_roles(qbn)["weight"] == "bn"
     assert type(qbn.to_float()) is nn.BatchNorm2d
 
 

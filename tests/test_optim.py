@@ -11,7 +11,7 @@ from torch import nn
 
 from wageubn import QSGD, WAGEUBNConfig, quantize_
 from wageubn.models import create_model
-from wageubn.nn import ROLE_TAG
+from wageubn.optim import param_groups, parameter_roles
 
 EXACT = {"rtol": 0, "atol": 0}
 
@@ -69,8 +69,9 @@ def test_update_order_by_hand():
     """acc = m·acc + G; p = p − lr_q·acc; acc = Q(acc, 13); p = Q(p, 24) — worked out by hand."""
     cfg = WAGEUBNConfig.preset("paper").replace(grad_rounding="nearest", grad_range=8)
     p = nn.Parameter(torch.tensor([0.5, -0.25, 0.125, 0.0]))
-    setattr(p, ROLE_TAG, "weight")
-    opt = QSGD([p], lr=0.3, momentum=0.25, weight_decay=0.0, config=cfg)
+    opt = QSGD(
+        [{"params": [p], "role": "weight"}], lr=0.3, momentum=0.25, weight_decay=0.0, config=cfg
+    )
     lr_q = 154 / 512  # QC(0.3, 10) = round(0.3·512)/512
     p.grad = torch.tensor([1.0, -0.5, 0.3, 0.0])  # R = 1; v = 8g = [8, −4, 2.4, 0] → clip ±7
     opt.step()
@@ -121,9 +122,9 @@ def test_state_dict_round_trip_resumes_bit_identically():
 
 def test_stored_tensors_on_their_grids_after_steps():
     model, opt = _paper_run(range(3))
+    roles = parameter_roles(model)
     for name, p in model.named_parameters():
-        role = getattr(p, ROLE_TAG, "float")
-        if role == "float":
+        if roles[name] == "float":
             continue
         w = p.detach().double() * 2**23
         assert torch.equal(w, torch.round(w)), name
@@ -133,8 +134,9 @@ def test_stored_tensors_on_their_grids_after_steps():
 
 def test_grad_range_is_schedulable():
     p = nn.Parameter(torch.zeros(1000))
-    setattr(p, ROLE_TAG, "weight")
-    opt = QSGD([p], lr=1.0, momentum=0.0, weight_decay=0.0, config="paper")
+    opt = QSGD(
+        [{"params": [p], "role": "weight"}], lr=1.0, momentum=0.0, weight_decay=0.0, config="paper"
+    )
     opt.param_groups[0]["grad_range"] = 2
     p.grad = torch.randn(1000)
     opt.step()
@@ -176,8 +178,8 @@ def test_cosine_schedule_to_zero_finishes():
     """CosineAnnealingLR(T_max=100) ends at lr 0: every one of the 100 steps runs."""
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(4))
-    setattr(w, ROLE_TAG, "weight")
-    opt = QSGD([w], lr=0.25, config="paper", generator=torch.Generator().manual_seed(0))
+    opt = QSGD([{"params": [w], "role": "weight"}], lr=0.25, config="paper",
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
     with pytest.warns(RuntimeWarning, match="quantizes to 0"):
         for _ in range(100):
@@ -189,8 +191,7 @@ def test_cosine_schedule_to_zero_finishes():
 
 def test_nan_gradient_names_the_parameter():
     p = nn.Parameter(torch.zeros(3))
-    setattr(p, ROLE_TAG, "weight")
-    opt = QSGD([p], lr=0.05, config="paper")
+    opt = QSGD([{"params": [p], "role": "weight"}], lr=0.05, config="paper")
     p.grad = torch.tensor([1.0, float("nan"), 0.0])
     with pytest.raises(
         ValueError, match=r"parameter 0 of group 0 \(shape \(3,\), role 'weight'\).*NaN"
@@ -213,14 +214,21 @@ def test_bad_arguments():
 
 
 def test_roles_survive_deepcopy_and_pickle():
+    """Roles are declared by the layers, so a copy has them without re-tagging: read off the
+    model (parameter_roles) and found by QSGD from the copy's bare parameters."""
     import io
     import pickle
 
     model = quantize_(create_model("small_cnn", width=4), "paper")
     for clone in (copy.deepcopy(model), pickle.load(io.BytesIO(pickle.dumps(model)))):
-        assert getattr(clone.conv1.weight, ROLE_TAG) == "weight"
-        assert getattr(clone.bn2.bias, ROLE_TAG) == "bn"
-        assert not hasattr(clone.stem.weight, ROLE_TAG)
+        roles = parameter_roles(clone)
+        assert roles["conv1.weight"] == "weight" and roles["bn2.bias"] == "bn"
+        assert roles["stem.weight"] == "float"
+        opt = QSGD(clone.parameters(), lr=0.05)
+        group = opt.param_groups[0]
+        assert opt.role_of(clone.conv1.weight, group) == "weight"
+        assert opt.role_of(clone.bn2.bias, group) == "bn"
+        assert opt.role_of(clone.stem.weight, group) == "float"
 
 
 def test_quantizing_optimizer_without_quantized_parameters_is_an_error():
@@ -230,3 +238,77 @@ def test_quantizing_optimizer_without_quantized_parameters_is_an_error():
     F.cross_entropy(model(x), y).backward()
     with pytest.raises(ValueError, match="found no quantized parameter.*quantize_"):
         opt.step()
+
+
+def test_from_model_groups_by_role_and_equals_qsgd_of_parameters():
+    """QSGD.from_model: one explicit group per role, the model's config, and the same three
+    steps as QSGD(model.parameters()) bit for bit (roles looked up from the layers)."""
+    torch.manual_seed(0)
+    base = quantize_(create_model("small_cnn", width=4), "paper")
+    groups = param_groups(base)
+    assert [g["role"] for g in groups] == ["weight", "bn", "float"]
+    roles = parameter_roles(base)
+    names = {id(p): n for n, p in base.named_parameters()}
+    for g in groups:
+        assert {roles[names[id(p)]] for p in g["params"]} == {g["role"]}
+    assert sum(len(g["params"]) for g in groups) == len(roles)
+    runs = []
+    for build in (lambda m, gen: QSGD(m.parameters(), lr=0.05, generator=gen),
+                  lambda m, gen: QSGD.from_model(m, lr=0.05, generator=gen)):  # fmt: skip
+        model = copy.deepcopy(base)
+        opt = build(model, torch.Generator().manual_seed(1))
+        assert opt.config == WAGEUBNConfig.preset("paper")
+        for s in range(3):
+            x, y = _data(s)
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        runs.append(model)
+    for (n, p), (_, q) in zip(runs[0].named_parameters(), runs[1].named_parameters(), strict=True):
+        torch.testing.assert_close(q, p, **EXACT, msg=n)
+
+
+def test_config_defaults_to_the_models_and_a_disagreeing_one_is_refused():
+    """The issue's case: a model converted with grad=6, update=16. QSGD without a config takes
+    the model's (weights stay on the 16-bit grid); the paper config is refused, naming both."""
+    cfg = WAGEUBNConfig.preset("paper").replace(grad=6, update=16)
+    torch.manual_seed(0)
+    model = quantize_(create_model("small_cnn", width=4), cfg)
+    with pytest.raises(ValueError, match=r"config 'paper' disagrees with the config 'custom'.*"
+                                         r"grad 8 vs 6; update 24 vs 16"):  # fmt: skip
+        QSGD(model.parameters(), lr=0.05, config="paper")
+    with pytest.raises(ValueError, match="disagrees"):
+        QSGD.from_model(model, lr=0.05, config="paper")
+    QSGD(model.parameters(), lr=0.05, config=cfg.replace(weight=6))  # forward-only fields: fine
+    opt = QSGD(model.parameters(), lr=0.05, generator=torch.Generator().manual_seed(0))
+    assert opt.config == cfg
+    x, y = _data()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    roles = parameter_roles(model)
+    for name, p in model.named_parameters():
+        if roles[name] != "float":
+            w = p.detach().double() * 2**15
+            assert torch.equal(w, torch.round(w)), name  # Q(p, 16)
+
+
+def test_from_model_of_an_unconverted_model_is_an_error():
+    with pytest.raises(ValueError, match=r"no quantized layer.*quantize_\(model, config\)"):
+        QSGD.from_model(create_model("small_cnn", width=4), lr=0.05)
+
+
+def test_an_optimizer_built_before_quantize_finds_the_roles_after_it():
+    """quantize_ keeps the parameter objects, so an optimizer of bare parameters built first
+    sees the layers' roles once they exist (and a deep copy's layers are no one else's)."""
+    model = create_model("small_cnn", width=4)
+    opt = QSGD(model.parameters(), lr=0.05, config="paper")
+    group = opt.param_groups[0]
+    assert opt.role_of(model.conv1.weight, group) == "float"
+    clone = quantize_(copy.deepcopy(model), "paper")
+    assert opt.role_of(model.conv1.weight, group) == "float"  # the clone's layers hold copies
+    quantize_(model, "paper")
+    assert opt.role_of(model.conv1.weight, group) == "weight"
+    assert (
+        opt.role_of(model.bn2.bias, group) == "bn" and opt.role_of(model.fc.bias, group) == "float"
+    )
+    assert parameter_roles(clone) == parameter_roles(model)

@@ -11,7 +11,8 @@ from torch import nn
 
 import reference as ref
 from wageubn import QSGD, UnsupportedModuleError, WAGEUBNConfig, kernels, quantize_, to_float_
-from wageubn.nn import ROLE_TAG, QuantConv1d, QuantEmbedding
+from wageubn.nn import QuantConv1d, QuantEmbedding
+from wageubn.optim import parameter_roles
 
 EXACT = {"rtol": 0, "atol": 0}
 PAPER = WAGEUBNConfig.preset("paper")
@@ -134,7 +135,7 @@ def test_embedding_fp32_equals_torch_and_roles():
     z1.backward(g)
     z2.backward(g)
     torch.testing.assert_close(q.weight.grad, f.weight.grad, **EXACT)
-    assert getattr(q.weight, ROLE_TAG) == "weight"
+    assert parameter_roles(q)["weight"] == "weight"
     assert type(q.to_float()) is nn.Embedding and q.to_float().padding_idx == 0
 
 

@@ -6,17 +6,18 @@ Integers", Neural Networks 2020 (arXiv:1909.02384). The numerical contract is do
 >>> import wageubn
 >>> model = wageubn.models.create_model("small_cnn")
 >>> model = wageubn.quantize_(model, wageubn.WAGEUBNConfig.preset("paper"))
->>> opt = wageubn.optim.QSGD(model.parameters(), lr=0.05, config=model._wageubn_config)
+>>> opt = wageubn.QSGD.from_model(model, lr=0.05)  # param groups by role, the model's config
+>>> wageubn.config_of(model).name
+'paper'
 """
 
 from typing import Any
 
 from . import models, nn, optim, quant
 from .config import PRESETS, ROLES, WAGEUBNConfig
-from .convert import UnsupportedModuleError, quantize_, to_float_
+from .convert import UnsupportedModuleError, config_of, quantize_, to_float_
+from .core.version import __version__
 from .optim import QSGD
-
-__version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
@@ -26,6 +27,7 @@ __all__ = [
     "WAGEUBNConfig",
     "__version__",
     "ablate",
+    "config_of",
     "models",
     "nn",
     "optim",

@@ -17,22 +17,26 @@ Adding a command (docs/training.md, "Adding a command"): write a module with
 
 and list the module in `COMMAND_MODULES`. Import heavy or optional dependencies inside the
 command function, not at module level, so that ``wageubn --help`` stays fast and works without
-them. A command reports a user error by raising `UsageError` (or any exception type in its
-module's optional ``USER_ERRORS`` tuple): ``main`` prints it as one line on stderr and returns 2.
+them. A command reports a user error by raising `UsageError` (defined in ``wageubn.core.errors``,
+importable from here too) or any exception type in its module's optional ``USER_ERRORS`` tuple:
+``main`` prints it as one line on stderr and returns 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .core.errors import UsageError
+from .core.progress import command_progress
+from .core.version import __version__
 
 __all__ = ["COMMAND_MODULES", "UsageError", "command_progress", "console_main", "main"]
 
@@ -49,10 +53,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 RANK0_GRACE_S = 10.0
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line instead of usage + message
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
@@ -63,7 +63,7 @@ class _Parser(argparse.ArgumentParser):
 
 def train_command(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
-    from .train.loop import config_from_checkpoint
+    from .train.resume import config_from_checkpoint
 
     if args.config is None and args.resume is None:
         raise UsageError("wageubn train: give a CONFIG.yaml, or --resume RUN_DIR")
@@ -259,34 +259,8 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-
-@contextlib.contextmanager
-def command_progress(*, enabled: bool = True, log_every: int = 50) -> Iterator[Any]:
-    """The feedback of a command's long loops (a `wageubn.train.progress.Progress`): tqdm bars
-    when stderr is a terminal (and ``enabled``), else log lines on stderr. While bars are drawn,
-    log records go through ``tqdm.write`` so that they do not tear the bars."""
-    from .train.progress import BarProgress, progress_for
-
-    _configure_logging()
-    progress = progress_for(sys.stderr, enabled=enabled, log_every=log_every)
-    if isinstance(progress, BarProgress):
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        with logging_redirect_tqdm():
-            yield progress
-    else:
-        yield progress
-
-
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
     """The parser with every command module registered, and the user-error types they declare."""
-    from . import __version__
-
     parser = _Parser(prog="wageubn", description="WAGEUBN full 8-bit integer training")
     parser.add_argument("--version", action="version", version=f"wageubn {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .config import WAGEUBNConfig
+from .core.roles import quantized_layers
 from .functional import FloatCall, plan_functional, undo_functional
 from .fuse import fuse_bn_relu_
 from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
@@ -56,6 +57,8 @@ __all__ = [
     "QUANT_MODULES",
     "FloatCall",
     "UnsupportedModuleError",
+    "config_of",
+    "config_or_none",
     "float_calls",
     "quantize_",
     "to_float_",
@@ -286,8 +289,61 @@ def quantize_(
     )  # fmt: skip
     _log_float_calls(model._wageubn_float_calls)
     fuse_bn_relu_(model)  # speed and memory only: BN computes the ReLU after it where it may
-    model._wageubn_config = config  # read by the trainer, the exporter and the diagnostics
     return model
+
+
+def config_of(model: nn.Module) -> WAGEUBNConfig:
+    """The ``WAGEUBNConfig`` of a model converted by ``quantize_``: the one its quantized layers hold.
+
+    The layers are the only owners of the config (each has ``.config``); this checks that they all
+    agree. Raises ``ValueError`` for a model with no quantized layer (never converted, or every
+    module excluded by ``filter_fn``) and for layers that disagree (naming them: convert the whole
+    model with one ``quantize_(model, config)`` call).
+    """
+    found = config_or_none(model)
+    if found is None:
+        raise ValueError(
+            f"config_of: the {type(model).__name__} has no quantized layer (no wageubn.nn module); "
+            "convert it first with quantize_(model, config)"
+        )
+    return found
+
+
+def config_or_none(model: nn.Module) -> WAGEUBNConfig | None:
+    """``config_of(model)``, or ``None`` for a model without quantized layers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"config_of: model must be an nn.Module, got {type(model).__name__}")
+    layers = [(name or "the model", m.config) for name, m in quantized_layers(model)]
+    if not layers:
+        return None
+    groups: list[tuple[WAGEUBNConfig, list[str]]] = []  # distinct configs, in network order
+    for name, c in layers:
+        for held, names in groups:
+            if held == c:
+                names.append(name)
+                break
+        else:
+            groups.append((c, [name]))
+    if len(groups) > 1:
+        first = groups[0][0]
+
+        def who(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        others = "; ".join(
+            f"{who(names)} hold {c.name!r} with {_config_diff(first, c)}" for c, names in groups[1:]
+        )
+        raise ValueError(
+            f"config_of: the quantized layers disagree: {who(groups[0][1])} hold {first.name!r}; "
+            f"{others}; convert the model with one quantize_(model, config) call"
+        )
+    return layers[0][1]
+
+
+def _config_diff(ref: WAGEUBNConfig, other: WAGEUBNConfig) -> str:
+    """``other``'s fields that differ from ``ref``'s, as ``name=value (not ref_value)``."""
+    a, b = ref.to_dict(), other.to_dict()
+    return ", ".join(f"{k}={b[k]!r} (not {a[k]!r})" for k in a if k != "name" and a[k] != b[k])
 
 
 def float_calls(model: nn.Module) -> list[FloatCall]:
@@ -381,6 +437,5 @@ def to_float_(model: nn.Module) -> nn.Module:
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
     undo_functional(model)
-    model.__dict__.pop("_wageubn_config", None)
     model.__dict__.pop("_wageubn_float_calls", None)
     return model

@@ -8,9 +8,11 @@
   W, A, E1, E2, G, U, momentum and BN quantities as integer codes (docs/golden-tensors.md).
 """
 
-from .export import DeployError, export_model, model_from_checkpoint
-from .golden import dump_step, verify_dump
+from .export import export_model, model_from_checkpoint
+from .format import DeployError
+from .golden import dump_step
 from .runtime import IntegerLogits, IntegerModel
+from .verify import verify_dump
 
 __all__ = [
     "DeployError",

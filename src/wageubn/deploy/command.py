@@ -18,17 +18,13 @@ from typing import Any
 import torch
 
 from ..convert import UnsupportedModuleError
-from .export import DeployError
+from ..core.errors import UsageError
+from ..core.progress import command_progress
+from .format import DeployError
 
 __all__ = ["USER_ERRORS", "add_parser", "evaluate_integer", "load_images"]
 
 USER_ERRORS = (DeployError, UnsupportedModuleError)
-
-
-def _usage(message: str) -> Exception:
-    from ..cli import UsageError
-
-    return UsageError(message)
 
 
 # -- helpers shared by the commands and the measurement in docs/deploy.md ---------------------------
@@ -44,19 +40,21 @@ def load_images(path: str | Path, channels: int) -> torch.Tensor:
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
         if not files:
-            raise _usage(f"--images {path}: the directory has no .png files")
+            raise UsageError(f"--images {path}: the directory has no .png files")
         mode = "L" if channels == 1 else "RGB"
         arr = np.stack([np.asarray(Image.open(f).convert(mode)) for f in files])
     elif path.suffix == ".npy" and path.is_file():
         arr = np.load(path, allow_pickle=False)
     else:
-        raise _usage(f"--images {path}: expected a .npy file or a directory of .png images")
+        raise UsageError(f"--images {path}: expected a .npy file or a directory of .png images")
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
-        raise _usage(f"--images {path}: need uint8 N×H×W[×C] pixels, got {arr.dtype} {arr.shape}")
+        raise UsageError(
+            f"--images {path}: need uint8 N×H×W[×C] pixels, got {arr.dtype} {arr.shape}"
+        )
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t[:, None] if t.dim() == 3 else t.permute(0, 3, 1, 2).contiguous()
     if t.shape[1] != channels:
-        raise _usage(f"--images {path}: {t.shape[1]} channels, the model takes {channels}")
+        raise UsageError(f"--images {path}: {t.shape[1]} channels, the model takes {channels}")
     return t
 
 
@@ -119,7 +117,7 @@ def export_command(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if not out.parent.is_dir():  # checked before the export's work
-        raise _usage(
+        raise UsageError(
             f"--out {out}: the directory {out.parent} does not exist; create it first "
             f"(mkdir -p {out.parent}); nothing was written"
         )
@@ -129,7 +127,7 @@ def export_command(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         kept = "; the existing file is unchanged" if out.exists() else ""
-        raise _usage(
+        raise UsageError(
             f"--out {out}: cannot write it ({exc.strerror or exc}); nothing was written{kept}; "
             "choose a writable --out"
         ) from None
@@ -144,14 +142,14 @@ def predict_command(args: argparse.Namespace) -> int:
     model = IntegerModel.load(args.model, backend=args.backend)
     labels = None
     if (args.data is None) == (args.images is None):
-        raise _usage("wageubn predict: give exactly one of --data NAME or --images PATH")
+        raise UsageError("wageubn predict: give exactly one of --data NAME or --images PATH")
     if args.data is not None:
         from ..data import load_dataset
 
         ds = load_dataset(args.data, args.split, args.root)
         images, labels = ds.images, ds.labels
         if images.shape[1] != model.channels:
-            raise _usage(
+            raise UsageError(
                 f"--data {args.data}: {images.shape[1]} channels, the model takes {model.channels}"
             )
         source = f"{args.data} {args.split}"
@@ -164,8 +162,6 @@ def predict_command(args: argparse.Namespace) -> int:
         source = str(args.images)
     if args.limit is not None:
         images = images[: args.limit]
-    from ..cli import command_progress
-
     reference = model_from_checkpoint(args.compare)[0] if args.compare else None
     with command_progress() as progress:
         r = evaluate_integer(

@@ -32,21 +32,18 @@ import torch.fx as fx
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from ..convert import UnsupportedModuleError
+from ..convert import UnsupportedModuleError, config_of, config_or_none
+from ..core.files import atomic_write_bytes
 from ..nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from ..quant import clipped_direct_quantize, direct_quantize, encode, range_exponent
+from ..run import CheckpointError
+from ..run import model_from_checkpoint as _model_from_checkpoint
+from .format import FORMAT, VERSION, DeployError
 
 __all__ = ["FORMAT", "DeployError", "export_model", "model_from_checkpoint"]
 
-FORMAT = "wageubn-integer-model"
-VERSION = 1
-
 _QUANT_LEAVES = (QuantConv2d, QuantLinear, QuantBatchNorm2d, QuantReLU)
 _PASS = (nn.Identity, nn.Dropout, nn.Dropout2d)
-
-
-class DeployError(ValueError):
-    """An export or golden-tensor file is missing, corrupt, or not what the caller expects."""
 
 
 class _Tracer(fx.Tracer):
@@ -54,51 +51,17 @@ class _Tracer(fx.Tracer):
         return isinstance(m, _QUANT_LEAVES) or super().is_leaf_module(m, qualname)
 
 
-# -- checkpoints (the one place that knows the trainer's format) -----------------------------------
+# -- checkpoints (read by wageubn.run, which knows the trainer's format) ----------------------------
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The eval-mode quantized model of a trainer checkpoint, and ``{"data", "model", "step"}``.
-
-    Reads ``wageubn.train.checkpoint`` files (``model`` state dict + ``run_config``). The number of
-    classes and input channels are read off the classifier and stem weight shapes, so no data set
-    is loaded.
-    """
-    from ..models import create_model
-    from ..train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-    from ..train.runconfig import RunConfig
-
+    """The eval-mode quantized model of a trainer checkpoint, and ``{"data", "model", "step"}``:
+    ``wageubn.run.model_from_checkpoint``, with a checkpoint that cannot be used reported as a
+    ``DeployError``."""
     try:
-        path = resolve_checkpoint(path)
-        ckpt = load_checkpoint(path)
+        return _model_from_checkpoint(path)
     except CheckpointError as exc:
         raise DeployError(str(exc)) from None
-    cfg = RunConfig.from_dict(ckpt["run_config"], source=f"{path} run_config")
-    state = ckpt["model"]
-    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() in (2, 4)]
-    if not weights:
-        raise DeployError(f"{path}: the model state has no conv/linear weights")
-    kwargs = dict(cfg.model.kwargs)
-    if cfg.model.width is not None:
-        kwargs["width"] = cfg.model.width
-    convs = [w for w in weights if w.dim() == 4]
-    linears = [w for w in weights if w.dim() == 2]
-    if convs:
-        kwargs["in_channels"] = int(convs[0].shape[1])
-    if linears:
-        kwargs["num_classes"] = int(linears[-1].shape[0])
-    model = create_model(cfg.model.name, **kwargs)
-    from ..convert import quantize_
-
-    quantize_(model, cfg.quant_config())
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DeployError(f"{path}: weights do not fit {cfg.model.name}: {first}") from None
-    model.eval()
-    data = cfg.data.name if cfg.data.name != "imagefolder" else "imagenet"
-    return model, {"data": data, "model": cfg.model.name, "step": ckpt.get("step")}
 
 
 # -- graph capture ---------------------------------------------------------------------------------
@@ -302,7 +265,7 @@ def capture_graph(
         raise ValueError(f"float_weight_bits must be 8 or 16, got {float_weight_bits!r}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
-    config = getattr(model, "_wageubn_config", None)
+    config = config_or_none(model)
     if not isinstance(config, WAGEUBNConfig) or config.weight is None or config.activation is None:
         preset = getattr(config, "name", None)
         raise UnsupportedModuleError(
@@ -388,7 +351,6 @@ def export_model(
     """
     from ..data import MEAN_STD
     from ..extras import require
-    from ..train.checkpoint import atomic_write_bytes
 
     st = require("safetensors.torch", "export", "export_model (wageubn export)")
 
@@ -432,7 +394,7 @@ def export_model(
             f"has {len(mean32)} (data={data!r}); pass the matching data name or mean/std"
         )
     graph["input"] = {"mean": mean32, "std": std32, "channels": c_in, "data": data}
-    config = model._wageubn_config
+    config = config_of(model)
     metadata = {
         "format": FORMAT,
         "version": str(VERSION),

@@ -32,7 +32,6 @@ The logits come back as ``IntegerLogits(values, scale)``: integers and their exa
 
 from __future__ import annotations
 
-import json
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -42,11 +41,19 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from .export import FORMAT, VERSION, DeployError
+from .format import read_export
+from .integer import (
+    Scaled,
+    align,
+    check_int64,
+    digit_planes,
+    fit_exponent_scaled,
+    max_abs,
+    rne_div,
+    scale_by,
+)
 
 __all__ = ["IntegerLogits", "IntegerModel"]
-
-_INT64_HEADROOM = 2**62
 
 
 class IntegerLogits(NamedTuple):
@@ -66,86 +73,6 @@ class IntegerLogits(NamedTuple):
         ]  # exact, then one rounding
         out = torch.tensor(flat, dtype=torch.float64)
         return out.view(self.values.shape).to(dtype)
-
-
-class _V(NamedTuple):
-    v: torch.Tensor  # int64
-    scale: Fraction
-
-
-def _rne_div(n: torch.Tensor, d: torch.Tensor | int) -> torch.Tensor:
-    """Round-half-to-even of ``n / d`` for int64 ``n`` and positive integer ``d`` (broadcast):
-    ``q = floor((2n + d) / 2d)``, minus one where that was an exact tie and ``q`` is odd."""
-    if isinstance(d, int):
-        if d == 1:
-            return n
-        if d & (d - 1) == 0:  # a power of two: shifts
-            s = d.bit_length() - 1
-            t = (n << 1) + d  # 2n + d
-            q = t >> (s + 1)
-            tie = (t & ((d << 1) - 1)) == 0
-            return q - (tie & ((q & 1) == 1)).to(torch.int64)
-        d = torch.tensor(d, dtype=torch.int64)
-    t = n * 2 + d
-    q = torch.div(t, d * 2, rounding_mode="floor")
-    tie = q * (d * 2) == t
-    return q - (tie & ((q & 1) == 1)).to(torch.int64)
-
-
-def _max_abs(v: torch.Tensor) -> int:
-    if v.numel() == 0:
-        return 0
-    lo, hi = torch.aminmax(v)
-    return max(int(hi), -int(lo))
-
-
-def _check(bound: int, what: str) -> None:
-    if bound >= _INT64_HEADROOM:
-        raise OverflowError(
-            f"{what}: an intermediate reaches {bound:.3e} > 2^62; the integer path would overflow "
-            "int64 (re-export with fewer input bits or report the model)"
-        )
-
-
-def _scale_by(v: torch.Tensor, ratio: Fraction, what: str) -> torch.Tensor:
-    """``RNE(v · ratio)`` for a positive rational ``ratio``."""
-    if ratio.numerator != 1:
-        _check(_max_abs(v) * ratio.numerator, what)
-        v = v * ratio.numerator
-    return _rne_div(v, ratio.denominator)
-
-
-def _align(a: _V, b: _V, what: str) -> tuple[torch.Tensor, torch.Tensor, Fraction]:
-    """Both values on their common grid ``gcd(s_a, s_b)``: exact integer multiples."""
-    common = Fraction(
-        math.gcd(a.scale.numerator, b.scale.numerator),
-        math.lcm(a.scale.denominator, b.scale.denominator),
-    )
-    ka, kb = int(a.scale / common), int(b.scale / common)  # integers
-    _check(_max_abs(a.v) * ka + _max_abs(b.v) * kb, what)
-    return (a.v if ka == 1 else a.v * ka), (b.v if kb == 1 else b.v * kb), common
-
-
-def _planes(v: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
-    """``v`` as digit planes ``Σ plane · 2^shift``: kernel operands (uint8 digits, int8 top)."""
-    lo, hi = (int(v.min()), int(v.max())) if v.numel() else (0, 0)
-    if 0 <= lo and hi <= 255:
-        return [(v.to(torch.uint8), 0)]
-    if -128 <= lo and hi <= 127:
-        return [(v.to(torch.int8), 0)]
-    low = torch.bitwise_and(v, 255).to(torch.uint8)
-    return [(low, 0)] + [(p, s + 8) for p, s in _planes(torch.bitwise_right_shift(v, 8))]
-
-
-def _fit_exponent(amax: int, scale: Fraction, bits: int) -> int:
-    """``fit_exponent`` of a tensor whose ``max|x| = amax · scale``: the smallest ``e >= 1 − k``
-    with ``max|x| <= (2^(k−1) − 1) · 2^e``."""
-    top = 2 ** (bits - 1) - 1
-    e = 1 - bits
-    value = amax * scale
-    while value > top * Fraction(2) ** e:
-        e += 1
-    return e
 
 
 class IntegerModel:
@@ -180,71 +107,10 @@ class IntegerModel:
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, backend: str = "auto") -> IntegerModel:
-        """Read and validate an export; ``DeployError`` names the file and what is wrong."""
-        from ..extras import require
-
-        safetensors = require("safetensors", "export", "IntegerModel.load (wageubn predict)")
-        SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
-        path = Path(path)
-        if not path.is_file():
-            raise DeployError(f"{path}: no such exported model file; create it with wageubn export")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            first = " ".join(str(exc).split())[:200]
-            raise DeployError(f"{path}: not a readable safetensors file ({first})") from None
-        if meta.get("format") != FORMAT:
-            raise DeployError(f"{path}: not a wageubn integer model (no format={FORMAT!r} marker)")
-        if meta.get("version") != str(VERSION):
-            raise DeployError(f"{path}: version {meta.get('version')!r} is not {VERSION}")
-        try:
-            graph = json.loads(meta["graph"])
-            config = json.loads(meta.get("config", "{}"))
-            source = json.loads(meta.get("source", "{}"))
-        except (KeyError, json.JSONDecodeError) as exc:
-            raise DeployError(f"{path}: corrupt graph metadata ({exc})") from None
-        cls._validate(path, graph, tensors)
-        info = {"config": config, "preset": meta.get("preset"), "source": source}
+        """Read and validate an export (``wageubn.deploy.format.read_export``); ``DeployError``
+        names the file and what is wrong."""
+        graph, tensors, info = read_export(path)
         return cls(graph, tensors, info, backend=backend)
-
-    @staticmethod
-    def _validate(path: Path, graph: Any, tensors: dict[str, torch.Tensor]) -> None:
-        try:
-            nodes, output, inp = graph["nodes"], graph["output"], graph["input"]
-            names = {"input"}
-            for n in nodes:
-                missing = [i for i in n["inputs"] if i not in names]
-                if missing:
-                    raise DeployError(f"node {n['name']} reads {missing} before they exist")
-                names.add(n["name"])
-                want = {
-                    "conv2d": ["weight"],
-                    "linear": ["weight"],
-                    "batchnorm": ["mu", "sigma", "gamma", "beta"],
-                }.get(n["op"], [])
-                if n["op"] in ("conv2d", "linear") and n["bias"]:
-                    want = [*want, "bias"]
-                for key in want:
-                    t = tensors.get(f"{n['name']}.{key}")
-                    if t is None:
-                        raise DeployError(f"tensor {n['name']}.{key} is missing")
-                    ok = {"weight": (torch.int8, torch.int16), "bias": (torch.float32,)}.get(
-                        key, (torch.int32,)
-                    )
-                    if t.dtype not in ok:
-                        raise DeployError(
-                            f"tensor {n['name']}.{key} is {t.dtype}, expected {ok[0]}"
-                        )
-            if output not in names:
-                raise DeployError(f"output {output!r} is not a node")
-            if len(inp["mean"]) != inp["channels"] or len(inp["std"]) != inp["channels"]:
-                raise DeployError("input normalization does not match the channel count")
-        except DeployError as exc:
-            raise DeployError(f"{path}: corrupt export: {exc}") from None
-        except (KeyError, TypeError) as exc:
-            raise DeployError(f"{path}: corrupt export: graph lacks {exc}") from None
 
     # -- running -----------------------------------------------------------------------------------
     def __call__(self, images: torch.Tensor) -> IntegerLogits:
@@ -280,17 +146,17 @@ class IntegerModel:
         return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.int64)
 
     # -- ops ---------------------------------------------------------------------------------------
-    def _op_identity(self, node: dict, x: _V) -> _V:
+    def _op_identity(self, node: dict, x: Scaled) -> Scaled:
         return x
 
-    def _op_flatten(self, node: dict, x: _V) -> _V:
-        return _V(x.v.flatten(node["start_dim"], node["end_dim"]), x.scale)
+    def _op_flatten(self, node: dict, x: Scaled) -> Scaled:
+        return Scaled(x.v.flatten(node["start_dim"], node["end_dim"]), x.scale)
 
-    def _op_add(self, node: dict, a: _V, b: _V) -> _V:
-        va, vb, scale = _align(a, b, node["name"])
-        return _V(va + vb, scale)
+    def _op_add(self, node: dict, a: Scaled, b: Scaled) -> Scaled:
+        va, vb, scale = align(a, b, node["name"])
+        return Scaled(va + vb, scale)
 
-    def _op_maxpool2d(self, node: dict, x: _V) -> _V:
+    def _op_maxpool2d(self, node: dict, x: Scaled) -> Scaled:
         v = F.max_pool2d(
             x.v,
             node["kernel"],
@@ -299,19 +165,19 @@ class IntegerModel:
             node["dilation"],
             ceil_mode=node["ceil_mode"],
         )
-        return _V(v, x.scale)
+        return Scaled(v, x.scale)
 
     def _window_sum(self, v: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
         if any(padding):
             v = F.pad(v, (padding[1], padding[1], padding[0], padding[0]))
         return v.unfold(2, kernel[0], stride[0]).unfold(3, kernel[1], stride[1]).sum((-1, -2))
 
-    def _op_avgpool2d(self, node: dict, x: _V) -> _V:
+    def _op_avgpool2d(self, node: dict, x: Scaled) -> Scaled:
         k = node["kernel"]
         v = self._window_sum(x.v, k, node["stride"], node["padding"])
-        return _V(v, x.scale / (node["divisor"] or k[0] * k[1]))
+        return Scaled(v, x.scale / (node["divisor"] or k[0] * k[1]))
 
-    def _op_adaptive_avgpool2d(self, node: dict, x: _V) -> _V:
+    def _op_adaptive_avgpool2d(self, node: dict, x: Scaled) -> Scaled:
         h, w = x.v.shape[-2:]
         oh, ow = (
             s if s is not None else d for s, d in zip(node["output_size"], (h, w), strict=True)
@@ -322,30 +188,30 @@ class IntegerModel:
                 "windows; integer deployment needs the input size to be a multiple"
             )
         k = [h // oh, w // ow]
-        return _V(self._window_sum(x.v, k, k, [0, 0]), x.scale / (k[0] * k[1]))
+        return Scaled(self._window_sum(x.v, k, k, [0, 0]), x.scale / (k[0] * k[1]))
 
-    def _op_relu(self, node: dict, x: _V) -> _V:
+    def _op_relu(self, node: dict, x: Scaled) -> Scaled:
         v = torch.clamp_min(x.v, 0)
         bits = node["bits"]
         if bits is None:
-            return _V(v, x.scale)
+            return Scaled(v, x.scale)
         if node["mode"] == "fit":
-            e = _fit_exponent(_max_abs(v), x.scale, bits)
+            e = fit_exponent_scaled(max_abs(v), x.scale, bits)
         else:
             e = 1 - bits
         out_scale = Fraction(2) ** e
-        return _V(_scale_by(v, x.scale / out_scale, node["name"]), out_scale)
+        return Scaled(scale_by(v, x.scale / out_scale, node["name"]), out_scale)
 
-    def _op_batchnorm(self, node: dict, x: _V) -> _V:
+    def _op_batchnorm(self, node: dict, x: Scaled) -> Scaled:
         name = node["name"]
         key = (name, x.scale)
         if key not in self._cache:
             self._cache[key] = self._bn_constants(node, x.scale)
         p, q, d, gamma, beta, g_mul, b_mul, y_scale, pq_max = self._cache[key]
-        _check(_max_abs(x.v) * pq_max[0] + pq_max[1], name)
-        xhat = _rne_div(x.v * p - q, d)  # (N, C, H, W) codes of x̂ at 2^(1−k)
-        _check(_max_abs(xhat) * pq_max[2] + pq_max[3], name)
-        return _V(xhat * (gamma * g_mul) + beta * b_mul, y_scale)
+        check_int64(max_abs(x.v) * pq_max[0] + pq_max[1], name)
+        xhat = rne_div(x.v * p - q, d)  # (N, C, H, W) codes of x̂ at 2^(1−k)
+        check_int64(max_abs(xhat) * pq_max[2] + pq_max[3], name)
+        return Scaled(xhat * (gamma * g_mul) + beta * b_mul, y_scale)
 
     def _bn_constants(self, node: dict, scale: Fraction):
         name = node["name"]
@@ -361,7 +227,7 @@ class IntegerModel:
             qs.append(beta.numerator * (d // beta.denominator))
             ds.append(d)
         for what, vals in (("multiplier", ps), ("offset", qs), ("divisor", ds)):
-            _check(max(abs(v) for v in vals), f"{name} BN {what}")
+            check_int64(max(abs(v) for v in vals), f"{name} BN {what}")
         xhat_scale = 1 / half
         g_scale, b_scale = two ** node["gamma_exp"], two ** node["beta_exp"]
         y_scale = min(xhat_scale * g_scale, b_scale)  # powers of two: the finer grid
@@ -376,12 +242,12 @@ class IntegerModel:
         pq_max = (
             max(abs(v) for v in ps),
             max(abs(v) for v in qs),
-            _max_abs(gamma) * g_mul,
-            _max_abs(beta) * b_mul,
+            max_abs(gamma) * g_mul,
+            max_abs(beta) * b_mul,
         )
         return col(ps), col(qs), col(ds), gamma, beta, g_mul, b_mul, y_scale, pq_max
 
-    def _add_bias(self, node: dict, acc: _V) -> _V:
+    def _add_bias(self, node: dict, acc: Scaled) -> Scaled:
         """``acc + bias`` exactly: a float32 bias is a binary fraction, so both lie on the grid
         ``gcd(acc scale, 2^e_bias)`` (no rounding; the float model rounds this sum once)."""
         if not node["bias"]:
@@ -392,17 +258,17 @@ class IntegerModel:
             den = max((b.denominator for b in values), default=1)
             scale = Fraction(1, den)  # den is a power of two
             codes = torch.tensor([int(b * den) for b in values], dtype=torch.int64)
-            self._cache[key] = _V(codes.view(1, -1, *([1] * (acc.v.dim() - 2))), scale)
+            self._cache[key] = Scaled(codes.view(1, -1, *([1] * (acc.v.dim() - 2))), scale)
         bias = self._cache[key]
-        va, vb, scale = _align(acc, bias, node["name"])
-        return _V(va + vb, scale)
+        va, vb, scale = align(acc, bias, node["name"])
+        return Scaled(va + vb, scale)
 
-    def _fit_input(self, node: dict, x: _V) -> _V:
+    def _fit_input(self, node: dict, x: Scaled) -> Scaled:
         """int8 arithmetic: ``fit_quantize`` of a conv/linear input (a no-op after a fit ReLU)."""
         bits = node["input_fit"]
-        e = _fit_exponent(_max_abs(x.v), x.scale, bits)
+        e = fit_exponent_scaled(max_abs(x.v), x.scale, bits)
         out_scale = Fraction(2) ** e
-        return _V(_scale_by(x.v, x.scale / out_scale, node["name"]), out_scale)
+        return Scaled(scale_by(x.v, x.scale / out_scale, node["name"]), out_scale)
 
     def _product(self, node: dict, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Exact ``v ⊛ w``: kernel calls on the digit planes of ``v`` and of ``w`` (one weight
@@ -414,7 +280,7 @@ class IntegerModel:
             lo = torch.bitwise_and(w64 + 128, 255) - 128  # signed low digit in [−128, 127]
             w_digits = [(lo.to(torch.int8), 0), (((w64 - lo) >> 8).to(torch.int8), 8)]
         acc = None
-        for (plane, pshift), (wd, wshift) in ((p, d) for p in _planes(v) for d in w_digits):
+        for (plane, pshift), (wd, wshift) in ((p, d) for p in digit_planes(v) for d in w_digits):
             shift = pshift + wshift
             w = wd
             if node["op"] == "conv2d":
@@ -431,20 +297,20 @@ class IntegerModel:
                 part = kernels.linear_forward(plane, w, backend=self.backend)
             part = part.to(torch.int64)
             if shift:
-                _check(_max_abs(part) << shift, node["name"])
+                check_int64(max_abs(part) << shift, node["name"])
                 part = part << shift
             acc = part if acc is None else acc + part
         return acc
 
-    def _op_linear(self, node: dict, x: _V) -> _V:
+    def _op_linear(self, node: dict, x: Scaled) -> Scaled:
         if node["input_fit"]:
             x = self._fit_input(node, x)
         w = self.tensors[f"{node['name']}.weight"]
         acc = self._product(node, x.v, w)
         scale = x.scale * Fraction(2) ** node["w_exp"]
-        return self._add_bias(node, _V(acc, scale))
+        return self._add_bias(node, Scaled(acc, scale))
 
-    def _op_conv2d(self, node: dict, x: Any) -> _V:
+    def _op_conv2d(self, node: dict, x: Any) -> Scaled:
         if isinstance(x, torch.Tensor):  # the stem reads the raw pixels
             return self._stem(node, x)
         if node["input_fit"]:
@@ -452,9 +318,9 @@ class IntegerModel:
         w = self.tensors[f"{node['name']}.weight"]
         acc = self._product(node, x.v, w)
         scale = x.scale * Fraction(2) ** node["w_exp"]
-        return self._add_bias(node, _V(acc, scale))
+        return self._add_bias(node, Scaled(acc, scale))
 
-    def _stem(self, node: dict, images: torch.Tensor) -> _V:
+    def _stem(self, node: dict, images: torch.Tensor) -> Scaled:
         if node["input_fit"]:
             return self._op_conv2d(node, self._fit_pixels(node, images))
         w = self.tensors[f"{node['name']}.weight"]
@@ -474,7 +340,7 @@ class IntegerModel:
             if ratios[c] != 1:
                 t = t * ratios[c]
             total = t if total is None else total + t
-        return self._add_bias(node, _V(total, base * Fraction(2) ** node["w_exp"]))
+        return self._add_bias(node, Scaled(total, base * Fraction(2) ** node["w_exp"]))
 
     def _stem_constants(self, node: dict):
         """``j``, per-channel std ratios (``2^16``-rounded when the stds differ, else 1), the
@@ -501,7 +367,7 @@ class IntegerModel:
         self._cache[key] = (j, ratios, offsets, base)
         return self._cache[key]
 
-    def _fit_pixels(self, node: dict, images: torch.Tensor) -> _V:
+    def _fit_pixels(self, node: dict, images: torch.Tensor) -> Scaled:
         """int8 arithmetic with a quantized stem: ``fit_quantize`` of the normalized batch through
         per-byte tables (the normalization is done once per byte value at load, as the data
         pipeline does it in float32; the data path is a table gather and a max)."""
@@ -527,4 +393,4 @@ class IntegerModel:
         idx = images.to(torch.int64)
         chan = torch.arange(self.channels).view(1, -1, 1, 1)
         e = int(exps[chan, idx].max())
-        return _V(tables[e][chan, idx], Fraction(2) ** e)
+        return Scaled(tables[e][chan, idx], Fraction(2) ** e)

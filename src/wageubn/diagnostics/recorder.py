@@ -31,8 +31,8 @@ from typing import Any
 from torch import nn
 
 from .. import nn as qnn
+from ..core.observe import set_recorder
 from ..nn import QuantBatchNorm2d, QuantGroupNorm, QuantLayerNorm
-from ..nn.observe import set_recorder
 from .stats import CodeHistogram, code_histogram, quantizer_stats
 
 __all__ = ["Diagnostics"]

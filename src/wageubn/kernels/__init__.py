@@ -25,13 +25,16 @@ from types import ModuleType
 import torch
 
 from . import reference
-from .reference import (
-    DOUBLE_EXACT,
-    Exponent,
-    accumulator_bound,
-    accumulator_dtype,
-    conv_out_size,
+from .checks import (
+    check_bound,
+    check_codes,
+    check_conv_shapes,
+    check_exponent,
+    conv_params,
+    full_size,
+    same_device,
 )
+from .reference import Exponent, accumulator_dtype
 
 __all__ = [
     "accumulator_dtype",
@@ -119,99 +122,6 @@ def _resolve(backend: str, device: torch.device) -> ModuleType:
     return module
 
 
-# ------------------------------------------------------------------------------------ validation
-
-
-def _check_codes(fn: str, name: str, t: object, ndim: int, allow_uint8: bool) -> torch.Tensor:
-    allowed = "int8 or uint8" if allow_uint8 else "int8"
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(
-            f"{fn}: {name} must be a torch.Tensor of {allowed} codes, got {type(t).__name__}"
-        )
-    ok = t.dtype == torch.int8 or (allow_uint8 and t.dtype == torch.uint8)
-    if not ok:
-        raise TypeError(
-            f"{fn}: {name} must hold {allowed} integer codes, got dtype {t.dtype}; quantize it "
-            "first (wageubn.quant) and pass the codes, not the float values"
-        )
-    if t.dim() != ndim:
-        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    return t
-
-
-def _pair(fn: str, name: str, v: object, minimum: int) -> tuple[int, int]:
-    if isinstance(v, bool) or not isinstance(v, int | Sequence):
-        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
-    pair = (v, v) if isinstance(v, int) else tuple(v)
-    if len(pair) != 2 or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair):
-        raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v!r}")
-    return pair  # type: ignore[return-value]
-
-
-def _check_exponent(fn: str, out_exponent: object, out_guard: object = None) -> None:
-    if out_guard is not None and (
-        not isinstance(out_guard, torch.Tensor) or out_guard.dim() != 0 or out_exponent is None
-    ):
-        raise TypeError(
-            f"{fn}: out_guard must be a 0-dim tensor (0 or NaN, added to the output scale) and "
-            "needs out_exponent"
-        )
-    if out_exponent is None:
-        return
-    if isinstance(out_exponent, torch.Tensor):
-        if out_exponent.dim() == 0 and not out_exponent.is_floating_point():
-            return
-    elif isinstance(out_exponent, int) and not isinstance(out_exponent, bool):
-        return
-    raise TypeError(
-        f"{fn}: out_exponent must be None or an int (or a 0-dim integer tensor on the device): "
-        f"the power of two of the float32 output scale; got {out_exponent!r}"
-    )
-
-
-def _check_bound(fn: str, terms: int, a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
-    if accumulator_bound(terms, a.dtype, b.dtype) >= DOUBLE_EXACT:
-        raise ValueError(f"{fn}: {terms} products per output can exceed 2^53; split the call")
-    return accumulator_dtype(terms, a.dtype, b.dtype)
-
-
-def _same_device(fn: str, a: torch.Tensor, b: torch.Tensor) -> torch.device:
-    if a.device != b.device:
-        raise ValueError(f"{fn}: operands are on {a.device} and {b.device}; put both on one")
-    return a.device
-
-
-def _conv_params(fn, stride, padding, dilation, groups):
-    if isinstance(padding, str):
-        raise ValueError(f"{fn}: string padding {padding!r} is not supported; pass ints")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
-    return (
-        _pair(fn, "stride", stride, 1),
-        _pair(fn, "padding", padding, 0),
-        _pair(fn, "dilation", dilation, 1),
-        groups,
-    )
-
-
-def _check_conv_shapes(fn, n_in, c_in, w_shape, groups, h, wd, stride, padding, dilation):
-    o, cg, kh, kw = w_shape
-    if c_in % groups or o % groups or cg * groups != c_in:
-        raise ValueError(
-            f"{fn}: input channels {c_in}, output channels {o}, weight in-channels {cg} and "
-            f"groups {groups} are inconsistent (need C == weight.shape[1] * groups, O % groups == 0)"
-        )
-    ho = conv_out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = conv_out_size(wd, kw, stride[1], padding[1], dilation[1])
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"{fn}: input {h}x{wd} is smaller than the dilated kernel {kh}x{kw} plus padding"
-        )
-    return ho, wo
-
-
 # ------------------------------------------------------------------------------------------ linear
 
 
@@ -225,16 +135,16 @@ def linear_forward(
 ) -> torch.Tensor:
     """(M, K) int8/uint8 x, (N, K) int8 w → (M, N) = x @ wᵀ, exact (int32/int64 or scaled float32)."""
     fn = "linear_forward"
-    _check_codes(fn, "x", x, 2, True)
-    _check_codes(fn, "w", w, 2, False)
-    _check_exponent(fn, out_exponent, out_guard)
+    check_codes(fn, "x", x, 2, True)
+    check_codes(fn, "w", w, 2, False)
+    check_exponent(fn, out_exponent, out_guard)
     if x.shape[1] != w.shape[1]:
         raise ValueError(
             f"{fn}: x is {tuple(x.shape)} and w is {tuple(w.shape)}; need "
             "x.shape[1] == w.shape[1] (w is (out_features, in_features))"
         )
-    out_dtype = _check_bound(fn, x.shape[1], x, w)
-    mod = _resolve(backend, _same_device(fn, x, w))
+    out_dtype = check_bound(fn, x.shape[1], x, w)
+    mod = _resolve(backend, same_device(fn, x, w))
     return mod.linear_forward(
         x, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
     )
@@ -250,15 +160,15 @@ def linear_input_grad(
 ) -> torch.Tensor:
     """(M, N) int8 e, (N, K) int8 w → (M, K) = e @ w, exact."""
     fn = "linear_input_grad"
-    _check_codes(fn, "e", e, 2, False)
-    _check_codes(fn, "w", w, 2, False)
-    _check_exponent(fn, out_exponent, out_guard)
+    check_codes(fn, "e", e, 2, False)
+    check_codes(fn, "w", w, 2, False)
+    check_exponent(fn, out_exponent, out_guard)
     if e.shape[1] != w.shape[0]:
         raise ValueError(
             f"{fn}: e is {tuple(e.shape)} and w is {tuple(w.shape)}; need e.shape[1] == w.shape[0]"
         )
-    out_dtype = _check_bound(fn, e.shape[1], e, w)
-    mod = _resolve(backend, _same_device(fn, e, w))
+    out_dtype = check_bound(fn, e.shape[1], e, w)
+    mod = _resolve(backend, same_device(fn, e, w))
     return mod.linear_input_grad(
         e, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
     )
@@ -274,16 +184,16 @@ def linear_weight_grad(
 ) -> torch.Tensor:
     """(M, N) int8 e, (M, K) int8/uint8 x → (N, K) = eᵀ @ x, exact (K-chunked, int64 if needed)."""
     fn = "linear_weight_grad"
-    _check_codes(fn, "e", e, 2, False)
-    _check_codes(fn, "x", x, 2, True)
-    _check_exponent(fn, out_exponent, out_guard)
+    check_codes(fn, "e", e, 2, False)
+    check_codes(fn, "x", x, 2, True)
+    check_exponent(fn, out_exponent, out_guard)
     if e.shape[0] != x.shape[0]:
         raise ValueError(
             f"{fn}: e is {tuple(e.shape)} and x is {tuple(x.shape)}; need the "
             "same number of rows (batch)"
         )
-    out_dtype = _check_bound(fn, e.shape[0], e, x)
-    mod = _resolve(backend, _same_device(fn, e, x))
+    out_dtype = check_bound(fn, e.shape[0], e, x)
+    mod = _resolve(backend, same_device(fn, e, x))
     return mod.linear_weight_grad(
         e, x, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
     )
@@ -309,11 +219,11 @@ def conv2d_forward(
     Exact; ``K = C/g · kh · kw``. The CPU result is channels_last.
     """
     fn = "conv2d_forward"
-    _check_codes(fn, "x", x, 4, True)
-    _check_codes(fn, "w", w, 4, False)
-    _check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
-    _check_conv_shapes(
+    check_codes(fn, "x", x, 4, True)
+    check_codes(fn, "w", w, 4, False)
+    check_exponent(fn, out_exponent, out_guard)
+    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
+    check_conv_shapes(
         fn,
         x.shape[0],
         x.shape[1],
@@ -325,8 +235,8 @@ def conv2d_forward(
         padding,
         dilation,
     )
-    out_dtype = _check_bound(fn, w.shape[1] * w.shape[2] * w.shape[3], x, w)
-    mod = _resolve(backend, _same_device(fn, x, w))
+    out_dtype = check_bound(fn, w.shape[1] * w.shape[2] * w.shape[3], x, w)
+    mod = _resolve(backend, same_device(fn, x, w))
     return mod.conv2d_forward(
         x,
         w,
@@ -338,18 +248,6 @@ def conv2d_forward(
         out_exponent=out_exponent,
         out_guard=out_guard,
     )
-
-
-def _full_size(fn: str, name: str, size: object, n: int, c: int) -> tuple[int, int, int, int]:
-    if not isinstance(size, Sequence) or not all(isinstance(s, int) for s in size):
-        raise TypeError(f"{fn}: {name} must be a sequence of ints, got {size!r}")
-    if len(size) == 2:
-        size = (n, c, *size)
-    if len(size) != 4 or tuple(size[:2]) != (n, c):
-        raise ValueError(
-            f"{fn}: {name} must be (N, C, H, W) = ({n}, {c}, H, W) or (H, W), got {tuple(size)}"
-        )
-    return tuple(size)  # type: ignore[return-value]
 
 
 def conv2d_input_grad(
@@ -369,12 +267,12 @@ def conv2d_input_grad(
     ``torch.nn.grad.conv2d_input``. Exact; ``K = O/g · kh · kw``. The CPU result is channels_last.
     """
     fn = "conv2d_input_grad"
-    _check_codes(fn, "e", e, 4, False)
-    _check_codes(fn, "w", w, 4, False)
-    _check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
-    size = _full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * groups)
-    ho, wo = _check_conv_shapes(
+    check_codes(fn, "e", e, 4, False)
+    check_codes(fn, "w", w, 4, False)
+    check_exponent(fn, out_exponent, out_guard)
+    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
+    size = full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * groups)
+    ho, wo = check_conv_shapes(
         fn, size[0], size[1], tuple(w.shape), groups, size[2], size[3], stride, padding, dilation
     )
     if (e.shape[1], e.shape[2], e.shape[3]) != (w.shape[0], ho, wo):
@@ -382,8 +280,8 @@ def conv2d_input_grad(
             f"{fn}: e has shape {tuple(e.shape)} but a conv of input {size} with "
             f"weight {tuple(w.shape)} gives ({size[0]}, {w.shape[0]}, {ho}, {wo})"
         )
-    out_dtype = _check_bound(fn, (w.shape[0] // groups) * w.shape[2] * w.shape[3], e, w)
-    mod = _resolve(backend, _same_device(fn, e, w))
+    out_dtype = check_bound(fn, (w.shape[0] // groups) * w.shape[2] * w.shape[3], e, w)
+    mod = _resolve(backend, same_device(fn, e, w))
     return mod.conv2d_input_grad(
         e,
         w,
@@ -415,10 +313,10 @@ def conv2d_weight_grad(
     ``torch.nn.grad.conv2d_weight``. Exact; ``K = N · Ho · Wo`` (chunked, int64 when needed).
     """
     fn = "conv2d_weight_grad"
-    _check_codes(fn, "x", x, 4, True)
-    _check_codes(fn, "e", e, 4, False)
-    _check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = _conv_params(fn, stride, padding, dilation, groups)
+    check_codes(fn, "x", x, 4, True)
+    check_codes(fn, "e", e, 4, False)
+    check_exponent(fn, out_exponent, out_guard)
+    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
     if (
         not isinstance(weight_size, Sequence)
         or len(weight_size) != 4
@@ -426,7 +324,7 @@ def conv2d_weight_grad(
     ):
         raise ValueError(f"{fn}: weight_size must be (O, C/groups, kh, kw), got {weight_size!r}")
     weight_size = tuple(weight_size)
-    ho, wo = _check_conv_shapes(
+    ho, wo = check_conv_shapes(
         fn,
         x.shape[0],
         x.shape[1],
@@ -444,8 +342,8 @@ def conv2d_weight_grad(
             f"({x.shape[0]}, {weight_size[0]}, {ho}, {wo}) for x {tuple(x.shape)} "
             f"and weight {weight_size}"
         )
-    out_dtype = _check_bound(fn, e.shape[0] * ho * wo, x, e)
-    mod = _resolve(backend, _same_device(fn, x, e))
+    out_dtype = check_bound(fn, e.shape[0] * ho * wo, x, e)
+    mod = _resolve(backend, same_device(fn, x, e))
     return mod.conv2d_weight_grad(
         x,
         e,

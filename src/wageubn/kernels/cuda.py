@@ -1,6 +1,6 @@
 """The CUDA backend: ``torch._int_mm`` (cuBLASLt int8 GEMM) on im2col (docs/kernels.md).
 
-The convolution formulations are the device-agnostic GEMM forms of :mod:`.cpu`; only the
+The convolution formulations are the device-agnostic GEMM forms of :mod:`.gemm_conv`; only the
 matrix product differs. cuBLASLt's ``_int_mm`` takes int8 on both sides, needs M > 16 and K, N
 multiples of 8, and wraps on int32 overflow, so :func:`_mm` pads with zeros (which add nothing),
 feeds uint8 codes as ``code − 128`` plus the exact correction ``128 · Σ_k b[k, :]``, and chunks K
@@ -12,7 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu
+from .gemm_conv import (
+    gemm_conv2d_forward,
+    gemm_conv2d_input_grad,
+    gemm_conv2d_weight_grad,
+    to_output,
+)
 from .reference import INT32_MAX
 
 
@@ -46,24 +51,24 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
 
 def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
     """x @ wᵀ."""
-    return cpu.to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
+    return to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
 
 
 def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
     """e @ w."""
-    return cpu.to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
+    return to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
 
 
 def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
     """eᵀ @ x, computed as (xᵀ @ e)ᵀ so uint8 x takes the shifted left operand."""
-    return cpu.to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
+    return to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
 
 
 def conv2d_forward(
     x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """im2col GEMM per group."""
-    return cpu.gemm_conv2d_forward(
+    return gemm_conv2d_forward(
         x,
         w,
         stride,
@@ -81,7 +86,7 @@ def conv2d_input_grad(
     e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """E @ W per group, then a per-tap scatter-add."""
-    return cpu.gemm_conv2d_input_grad(
+    return gemm_conv2d_input_grad(
         e,
         w,
         input_size,
@@ -100,7 +105,7 @@ def conv2d_weight_grad(
     x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
 ):
     """colsᵀ @ E per group."""
-    return cpu.gemm_conv2d_weight_grad(
+    return gemm_conv2d_weight_grad(
         x,
         e,
         weight_size,

@@ -1,7 +1,7 @@
-"""Layer 3: quantized layers that follow the WAGEUBN data path (docs/WAGEUBN.md §2)."""
+"""Layer 3: quantized layers that follow the WAGEUBN data path (docs/WAGEUBN.md §2; the layers of
+the package: docs/ARCHITECTURE.md)."""
 
-from .layers import QuantConv2d, QuantLinear, QuantReLU  # noqa: I001 (batchnorm imports layers)
-from .batchnorm import QuantBatchNorm2d
+from ..core.roles import QuantModule
 from .activations import (
     QuantActivation,
     QuantGELU,
@@ -14,14 +14,14 @@ from .activations import (
     QuantTanh,
 )
 from .attention import QuantMultiheadAttention
+from .batchnorm import QuantBatchNorm2d
 from .blocks import QuantCNBlock
+from .layers import QuantConv2d, QuantLinear, QuantReLU  # noqa: I001 (batchnorm imports layers)
 from .norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .products import QuantConv1d, QuantEmbedding
-from .quantizers import ROLE_TAG
 from .swin import QuantShiftedWindowAttention, QuantShiftedWindowAttentionV2
 
 __all__ = [
-    "ROLE_TAG",
     "QuantActivation",
     "QuantBatchNorm1d",
     "QuantBatchNorm2d",
@@ -37,6 +37,7 @@ __all__ = [
     "QuantLayerNorm2d",
     "QuantLeakyReLU",
     "QuantLinear",
+    "QuantModule",
     "QuantMultiheadAttention",
     "QuantReLU",
     "QuantReLU6",

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule
 from ..quant import device
 from .activation import ActivationSpec, attach_codes
 from .layers import _check_config
-from .observe import tap
 
 __all__ = [
     "QUANT_ACTIVATIONS",
@@ -162,7 +163,7 @@ class _Activation(torch.autograd.Function):
         return dx, None, None, None
 
 
-class QuantActivation(nn.Module):
+class QuantActivation(QuantModule, nn.Module):
     """Base of the quantized activation modules: ``a = A(f(x))``, backward ``f'(x)·E1(dL/da)``.
 
     Each subclass also derives from its ``torch.nn`` class (``isinstance(QuantGELU(), nn.GELU)``)

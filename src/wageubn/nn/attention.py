@@ -30,10 +30,11 @@ from torch import nn
 
 from .. import kernels
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule
 from ..quant import device
 from .int8 import _Int8Linear, operand_codes, products
-from .layers import QuantLinear, _check_config, _linear_args, retag, swap_module
-from .observe import tap
+from .layers import QuantLinear, _check_config, _linear_args, swap_module
 from .quantizers import activation_q, error2, weight_q
 
 __all__ = ["QuantMultiheadAttention", "attention_problem", "quant_bmm", "quant_linear"]
@@ -63,7 +64,7 @@ def _mha_args(mod: nn.MultiheadAttention) -> dict:
     }
 
 
-class QuantMultiheadAttention(nn.MultiheadAttention):
+class QuantMultiheadAttention(QuantModule, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with quantized projections and attention products."""
 
     OWNS_CHILDREN = True  # quantize_ converts out_proj with it (and back with to_float)
@@ -74,7 +75,6 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
         self.out_proj = QuantLinear.from_float(self.out_proj, self.config)
-        retag(self)
 
     @property
     def config(self) -> WAGEUBNConfig:
@@ -97,10 +97,6 @@ class QuantMultiheadAttention(nn.MultiheadAttention):
         new = swap_module(self, nn.MultiheadAttention, _mha_args(self))
         new.out_proj = swap_module(self.out_proj, type(new.out_proj), _linear_args(self.out_proj))
         return new
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(
         self,

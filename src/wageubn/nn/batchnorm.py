@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule
 from ..quant.device import const
 from .activation import ActivationSpec, attach_codes, mark_activated
 from .fused import (
@@ -47,8 +49,7 @@ from .fused import (
     bn_relu_int8_codes,
     bn_relu_int8_forward,
 )
-from .layers import QuantReLU, _check_config, retag, swap_module
-from .observe import tap
+from .layers import QuantReLU, _check_config, swap_module
 
 __all__ = ["QuantBatchNorm2d"]
 
@@ -84,7 +85,7 @@ def xhat_code_planes(bits: int, per_channel: int) -> int:
     return planes
 
 
-class QuantBatchNorm2d(nn.BatchNorm2d):
+class QuantBatchNorm2d(QuantModule, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with μ, σ, x̂, γ, β quantized as in the released code."""
 
     PARAM_ROLES = {"weight": "bn", "bias": "bn"}  # QSGD: Q(g, 15) gradients, no weight decay
@@ -92,7 +93,6 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.BatchNorm2d, config: WAGEUBNConfig) -> QuantBatchNorm2d:
@@ -101,11 +101,6 @@ class QuantBatchNorm2d(nn.BatchNorm2d):
 
     def to_float(self) -> nn.BatchNorm2d:
         return swap_module(self, nn.BatchNorm2d, _bn_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
-        super().__setstate__(state)
-        retag(self)
 
     # -- BN + ReLU fusion (set by quantize_) -------------------------------------------------
     def fuse_relu(self, relu: QuantReLU | None) -> None:

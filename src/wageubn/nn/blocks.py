@@ -16,14 +16,15 @@ import torch
 from torch import nn
 
 from ..config import WAGEUBNConfig
-from .layers import _check_config, retag
-from .observe import tap
+from ..core.observe import tap
+from ..core.roles import QuantModule, release
+from .layers import _check_config
 from .quantizers import forward_q
 
 __all__ = ["QuantCNBlock"]
 
 
-class QuantCNBlock(nn.Module):
+class QuantCNBlock(QuantModule, nn.Module):
     """torchvision's ConvNeXt ``CNBlock`` with its layer scale on the BN γ grid."""
 
     PARAM_ROLES = {"layer_scale": "bn"}  # QSGD: Q(g, 15) gradient, no weight decay
@@ -41,7 +42,6 @@ class QuantCNBlock(nn.Module):
         self.layer_scale = layer_scale
         self.stochastic_depth = stochastic_depth
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Module, config: WAGEUBNConfig) -> QuantCNBlock:
@@ -56,12 +56,8 @@ class QuantCNBlock(nn.Module):
         nn.Module.__init__(new)
         new.block, new.layer_scale = self.block, self.layer_scale
         new.stochastic_depth = self.stochastic_depth
-        retag(new)  # CNBlock declares no roles: the tag comes off
+        release(self)  # CNBlock declares no roles: layer_scale is float from now on
         return new.train(self.training)
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         scale = forward_q(self.layer_scale, self.config.bn_gamma, tap(self), "bn_gamma")

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
 from ..quant import device, pow2_exponent
 from .activation import ActivationCodes, codes_of
-from .observe import tap
 
 __all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
 

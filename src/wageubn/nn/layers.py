@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule, release
 from ..quant import device
 from .activation import ActivationSpec, Layout, activated_by, attach_codes
 from .fused import relu_backward, relu_forward
-from .observe import tap
-from .quantizers import error2, tag_parameter, weight_q
+from .quantizers import error2, weight_q
 
 __all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
 
@@ -60,19 +61,13 @@ def _linear_args(mod: nn.Linear) -> dict:
     }
 
 
-def retag(module: nn.Module) -> None:
-    """Tag (or untag) ``module``'s own parameters with the roles its class declares."""
-    roles = getattr(type(module), "PARAM_ROLES", {})
-    for name, p in module.named_parameters(recurse=False):
-        tag_parameter(p, roles.get(name))
-
-
 def swap_module(src: nn.Module, dst_cls: type[nn.Module], args: dict, **extra) -> nn.Module:
-    """A ``dst_cls(**args)`` holding ``src``'s parameter and buffer objects, tagged for ``dst_cls``
-    (built on the meta device: nothing is allocated or copied)."""
+    """A ``dst_cls(**args)`` holding ``src``'s parameter and buffer objects (built on the meta
+    device: nothing is allocated or copied). The parameters' optimizer roles are now those
+    ``dst_cls`` declares (``wageubn.core.roles``): a quantized ``src`` is released."""
     dst = dst_cls(**args, **extra, device="meta")
     _move_parameters(src, dst)
-    retag(dst)
+    release(src)
     return dst
 
 
@@ -88,7 +83,7 @@ def _move_parameters(src: nn.Module, dst: nn.Module) -> None:
     dst.train(src.training)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(QuantModule, nn.Conv2d):
     """``nn.Conv2d`` with W quantized in the forward pass and E2 on the output gradient.
 
     forward: ``z = conv(x, QC(W, k_W)) [+ bias]``; backward: ``dL/dz ← FQ(dL/dz, k_E2)`` before it
@@ -100,7 +95,6 @@ class QuantConv2d(nn.Conv2d):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Conv2d, config: WAGEUBNConfig) -> QuantConv2d:
@@ -110,11 +104,6 @@ class QuantConv2d(nn.Conv2d):
     def to_float(self) -> nn.Conv2d:
         """The plain ``nn.Conv2d`` with the same parameter objects."""
         return swap_module(self, nn.Conv2d, _conv_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":
@@ -129,7 +118,7 @@ class QuantConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(QuantModule, nn.Linear):
     """``nn.Linear`` with W quantized in the forward pass and E2 on the output gradient."""
 
     PARAM_ROLES = {"weight": "weight"}  # QSGD: CQ gradient, 13-bit momentum, 24-bit storage
@@ -137,7 +126,6 @@ class QuantLinear(nn.Linear):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, config: WAGEUBNConfig) -> QuantLinear:
@@ -147,11 +135,6 @@ class QuantLinear(nn.Linear):
     def to_float(self) -> nn.Linear:
         """The plain ``nn.Linear`` with the same parameter objects."""
         return swap_module(self, nn.Linear, _linear_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        # copy.deepcopy and pickle rebuild parameters without their attributes: tag them again
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.arithmetic == "int8":
@@ -166,7 +149,7 @@ class QuantLinear(nn.Linear):
         return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"
 
 
-class QuantReLU(nn.Module):
+class QuantReLU(QuantModule, nn.Module):
     """The quantized activation point: ``a = Q(relu(x), k_A)``; backward ``E1 = SQ(dL/da, k_E1)``.
 
     E1 sits on ``a`` itself, so it sees ``dL/da`` summed over every consumer of ``a`` (a projection

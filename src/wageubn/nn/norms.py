@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule
 from ..quant import device
 from .batchnorm import QuantBatchNorm2d, _bn_args
-from .layers import _check_config, retag, swap_module
-from .observe import tap
+from .layers import _check_config, swap_module
 
 __all__ = [
     "QuantBatchNorm1d",
@@ -158,7 +159,7 @@ def _sum_to(v: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return v.sum(axes, keepdim=True) if axes else v
 
 
-class QuantLayerNorm(nn.LayerNorm):
+class QuantLayerNorm(QuantModule, nn.LayerNorm):
     """``nn.LayerNorm`` on the BN contract: statistics over ``normalized_shape`` per row,
     ``gamma``/``beta`` per element of ``normalized_shape``."""
 
@@ -167,7 +168,6 @@ class QuantLayerNorm(nn.LayerNorm):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def float_args(cls, mod: nn.LayerNorm) -> dict:
@@ -184,10 +184,6 @@ class QuantLayerNorm(nn.LayerNorm):
 
     def to_float(self) -> nn.LayerNorm:
         return swap_module(self, nn.LayerNorm, self.float_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.config.bn_quantized:
@@ -237,7 +233,7 @@ def _layer_norm2d() -> type[nn.LayerNorm]:
     return LayerNorm2d
 
 
-class QuantGroupNorm(nn.GroupNorm):
+class QuantGroupNorm(QuantModule, nn.GroupNorm):
     """``nn.GroupNorm`` on the BN contract: statistics over each (sample, group of channels),
     ``gamma``/``beta`` per channel."""
 
@@ -246,7 +242,6 @@ class QuantGroupNorm(nn.GroupNorm):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @staticmethod
     def float_args(mod: nn.GroupNorm) -> dict:
@@ -263,10 +258,6 @@ class QuantGroupNorm(nn.GroupNorm):
 
     def to_float(self) -> nn.GroupNorm:
         return swap_module(self, nn.GroupNorm, self.float_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.config.bn_quantized:

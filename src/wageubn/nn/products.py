@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule
 from ..quant import device
 from .int8 import _Int8Conv2d, products
-from .layers import _check_config, retag, swap_module
-from .observe import tap
+from .layers import _check_config, swap_module
 from .quantizers import error2, weight_q
 
 __all__ = ["QuantConv1d", "QuantEmbedding"]
@@ -43,7 +44,7 @@ def _conv1d_args(mod: nn.Conv1d) -> dict:
     }
 
 
-class QuantConv1d(nn.Conv1d):
+class QuantConv1d(QuantModule, nn.Conv1d):
     """``nn.Conv1d`` with W quantized in the forward pass and E2 on the output gradient."""
 
     PARAM_ROLES = {"weight": "weight"}  # QSGD: CQ gradient, 13-bit momentum, 24-bit storage
@@ -51,7 +52,6 @@ class QuantConv1d(nn.Conv1d):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Conv1d, config: WAGEUBNConfig) -> QuantConv1d:
@@ -60,10 +60,6 @@ class QuantConv1d(nn.Conv1d):
 
     def to_float(self) -> nn.Conv1d:
         return swap_module(self, nn.Conv1d, _conv1d_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -121,7 +117,7 @@ def embedding_problem(mod: nn.Embedding, config: WAGEUBNConfig) -> str | None:
     return None
 
 
-class QuantEmbedding(nn.Embedding):
+class QuantEmbedding(QuantModule, nn.Embedding):
     """``nn.Embedding`` whose rows are read from ``QC(W, k_W)``; E2 on the output gradient."""
 
     PARAM_ROLES = {"weight": "weight"}  # QSGD: CQ gradient, 13-bit momentum, 24-bit storage
@@ -129,7 +125,6 @@ class QuantEmbedding(nn.Embedding):
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        retag(self)
 
     @classmethod
     def from_float(cls, mod: nn.Embedding, config: WAGEUBNConfig) -> QuantEmbedding:
@@ -137,10 +132,6 @@ class QuantEmbedding(nn.Embedding):
 
     def to_float(self) -> nn.Embedding:
         return swap_module(self, nn.Embedding, _embedding_args(self))
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        retag(self)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         cfg = self.config

@@ -9,7 +9,7 @@ Each function applies one role's quantizer in the direction the contract puts it
 
 They run the sync-free kernels of ``wageubn.quant.device``: no value is read back to the host,
 and NaN/Inf propagate (``QSGD`` checks once per step). ``observer`` (from
-``wageubn.nn.observe.tap``) is ``None`` unless diagnostics are recording.
+``wageubn.core.observe.tap``) is ``None`` unless diagnostics are recording.
 """
 
 from __future__ import annotations
@@ -17,31 +17,10 @@ from __future__ import annotations
 import torch
 
 from ..config import WAGEUBNConfig
+from ..core.observe import Observer, observed
 from ..quant import device, quantize_backward, quantize_forward
-from .observe import Observer, observed
 
-__all__ = [
-    "ROLE_TAG",
-    "activation_q",
-    "error1",
-    "error2",
-    "forward_q",
-    "tag_parameter",
-    "weight_q",
-]
-
-# Parameters of quantized layers carry their role for QSGD: "weight" (CQ gradient) or "bn" (Q gradient).
-ROLE_TAG = "_wageubn_role"
-
-
-def tag_parameter(p: torch.nn.Parameter | None, role: str | None) -> None:
-    """Mark (or, with ``role=None``, unmark) a parameter's WAGEUBN role for the optimizer."""
-    if p is None:
-        return
-    if role is None:
-        p.__dict__.pop(ROLE_TAG, None)
-    else:
-        setattr(p, ROLE_TAG, role)
+__all__ = ["activation_q", "error1", "error2", "forward_q", "weight_q"]
 
 
 class _Q:

@@ -27,16 +27,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import WAGEUBNConfig
+from ..core.observe import tap
+from ..core.roles import QuantModule, release
 from .attention import quant_bmm, quant_linear
 from .layers import _check_config
-from .observe import tap
 
 __all__ = ["QuantShiftedWindowAttention", "QuantShiftedWindowAttentionV2"]
 
 _ATTRS = ("window_size", "shift_size", "num_heads", "attention_dropout", "dropout")
 
 
-class QuantShiftedWindowAttention(nn.Module):
+class QuantShiftedWindowAttention(QuantModule, nn.Module):
     """Swin's window attention (V1) with quantized projections and attention products."""
 
     FLOAT_NAME = "ShiftedWindowAttention"
@@ -60,6 +61,7 @@ class QuantShiftedWindowAttention(nn.Module):
         new = float_cls.__new__(float_cls)
         nn.Module.__init__(new)
         _take(self, new)
+        release(self)
         return new
 
     def get_relative_position_bias(self) -> torch.Tensor:

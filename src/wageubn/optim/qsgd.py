@@ -12,9 +12,12 @@ Per parameter, in exactly this order::
     acc  = Q(acc, k_Mom)                # 13 bits   } quantized roles only;
     p    = Q(p, k_U)                    # 24 bits   } float parameters stay float
 
-Which role a parameter has comes from the ``role`` key of its param group if given, else from the
-tag the quantized layers put on their parameters (``wageubn.nn.ROLE_TAG``), else "float". The
-gradient range ``dr`` is the param-group key ``grad_range`` and can be scheduled like ``lr``.
+Which role a parameter has comes from the ``role`` key of its param group if given (``QSGD.from_model``
+and ``wageubn.optim.param_groups`` give every group one), else from the quantized layer that holds
+it (``wageubn.core.roles``: the layer class declares its parameters' roles), else "float". The
+config is the model's (``wageubn.config_of``) unless given, and a given config must agree with the
+model's layers on what the optimizer reads (``OPTIMIZER_FIELDS``). The gradient range ``dr`` is
+the param-group key ``grad_range`` and can be scheduled like ``lr``.
 
 With the ``fp32`` preset the arithmetic is that of ``torch.optim.SGD(momentum, weight_decay)``
 (dampening 0, no Nesterov) bit for bit.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,14 +35,16 @@ from typing import Any
 import torch
 
 from ..config import WAGEUBNConfig
-from ..nn.observe import tap
-from ..nn.quantizers import ROLE_TAG
+from ..convert import config_of
+from ..core import roles as param_roles
+from ..core.observe import tap
 from ..quant import check_grad_range, device
+from .groups import check_agrees, config_for, listed, param_groups, tensors_of
 from .update import fused_update
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
 
-ROLES = ("weight", "bn", "float")
+ROLES = param_roles.PARAMETER_ROLES
 
 
 def _qc_lr(lr: float, bits: int) -> float:
@@ -84,12 +90,18 @@ def quantized_lr(lr: float, config: WAGEUBNConfig) -> float:
 class QSGD(torch.optim.Optimizer):
     """Quantized Momentum SGD (WAGEUBN §3).
 
+    Build it with ``QSGD.from_model(model, lr=...)`` (explicit role groups, the model's config), or
+    from parameters as any torch optimizer.
+
     Args:
-        params: parameters or param groups (a group may set ``role``: "weight", "bn" or "float").
+        params: parameters or param groups (a group may set ``role``: "weight", "bn" or "float";
+            a parameter of a group without one takes the role its quantized layer declares).
         lr: learning rate (quantized to ``config.lr`` bits at every step).
         momentum: ``m`` in ``acc = m·acc + G``; the paper uses 1/4.
         weight_decay: added to the gradient before quantization.
-        config: a ``WAGEUBNConfig`` or a preset name (default ``paper``).
+        config: a ``WAGEUBNConfig`` or a preset name. Default: the config of the quantized layers
+            holding the parameters, ``paper`` when there are none. A config that disagrees with
+            those layers on a field the optimizer reads (``grad``, ``update`` ...) is an error.
         generator: ``torch.Generator`` for the stochastic rounding of ``CQ``; its state is part of
             ``state_dict()``. Default: a new generator seeded from the global torch RNG.
         grad_range: initial ``dr`` (default ``config.grad_range``); per group, schedulable.
@@ -103,15 +115,18 @@ class QSGD(torch.optim.Optimizer):
         momentum: float = 0.25,
         weight_decay: float = 1e-4,
         *,
-        config: WAGEUBNConfig | str = "paper",
+        config: WAGEUBNConfig | str | None = None,
         generator: torch.Generator | None = None,
         grad_range: int | None = None,
         bn_weight_decay: bool = False,
     ) -> None:
         if isinstance(config, str):
             config = WAGEUBNConfig.preset(config)
-        if not isinstance(config, WAGEUBNConfig):
+        if config is not None and not isinstance(config, WAGEUBNConfig):
             raise TypeError(f"QSGD: config must be a WAGEUBNConfig, got {type(config).__name__}")
+        if not isinstance(params, torch.Tensor):  # (a lone tensor: torch's own TypeError below)
+            params = [listed(item) for item in params]
+        config = config_for(tensors_of(params), config)
         for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"QSGD: {name} must be a number, got {value!r}")
@@ -125,6 +140,10 @@ class QSGD(torch.optim.Optimizer):
             raise TypeError("QSGD: generator must be a torch.Generator")
         dr = check_grad_range(config.grad_range if grad_range is None else grad_range)
         self.config = config
+        # bare parameters' roles, looked up in the live quantized layers (wageubn.core.roles) once
+        # found; a parameter without one is looked up again whenever layers were created
+        self._roles: dict[int, tuple[weakref.ReferenceType[torch.Tensor], str]] = {}
+        self._roles_at: int | None = None
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -144,12 +163,68 @@ class QSGD(torch.optim.Optimizer):
             generator = torch.Generator(device=where).manual_seed(seed)
         self.generator = generator
         self._warned_zero_lr = False
+        self._find_roles()  # the layers holding the parameters now (later ones: at first use)
         self._held: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         quantized_lr(lr, config)  # fail at construction, not at the first step
 
-    @staticmethod
-    def role_of(p: torch.Tensor, group: dict[str, Any]) -> str:
-        return group.get("role") or getattr(p, ROLE_TAG, "float")
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        lr: float,
+        momentum: float = 0.25,
+        weight_decay: float = 1e-4,
+        *,
+        config: WAGEUBNConfig | str | None = None,
+        generator: torch.Generator | None = None,
+        grad_range: int | None = None,
+        bn_weight_decay: bool = False,
+    ) -> QSGD:
+        """QSGD over ``wageubn.optim.param_groups(model)`` (one explicit group per role) with the
+        model's config (``wageubn.config_of(model)``); a ``config`` given must agree with it.
+        Raises ``ValueError`` for a model ``quantize_`` never converted."""
+        model_config = config_of(model)
+        if config is None:
+            config = model_config
+        elif isinstance(config, str):
+            config = WAGEUBNConfig.preset(config)
+        if isinstance(config, WAGEUBNConfig):
+            check_agrees(config, model_config, f"the {type(model).__name__}'s quantized layers")
+        return cls(
+            param_groups(model), lr, momentum, weight_decay, config=config, generator=generator,
+            grad_range=grad_range, bn_weight_decay=bn_weight_decay,
+        )  # fmt: skip
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._roles_at = None  # its parameters' roles are looked up at their first use
+
+    def role_of(self, p: torch.Tensor, group: dict[str, Any]) -> str:
+        """``"weight"``, ``"bn"`` or ``"float"``: the ``role`` of ``p``'s param ``group`` if it has
+        one, else the role the quantized layer holding ``p`` declares (``wageubn.core.roles``)."""
+        role = group.get("role")
+        if role:
+            return role
+        entry = self._roles.get(id(p))
+        if entry is None or entry[0]() is not p:
+            if self._roles_at != param_roles.generation():
+                self._find_roles()
+            entry = self._roles.get(id(p))
+        return entry[1] if entry is not None and entry[0]() is p else "float"
+
+    def _find_roles(self) -> None:
+        """Look up the parameters of groups without a ``role`` that have none yet."""
+        unknown = []
+        for group in self.param_groups:
+            if not group.get("role"):
+                for p in group["params"]:
+                    entry = self._roles.get(id(p))
+                    if entry is None or entry[0]() is not p:
+                        unknown.append(p)
+        if unknown:
+            found = param_roles.live_roles(unknown)
+            self._roles.update((pid, (e.parameter, e.role)) for pid, e in found.items())
+        self._roles_at = param_roles.generation()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -339,7 +414,7 @@ class QSGD(torch.optim.Optimizer):
             if any(self.role_of(p, group) != "float" for p in group["params"]):
                 return
         raise ValueError(
-            f"QSGD(config={self.config.name!r}) found no quantized parameter (none tagged by a "
+            f"QSGD(config={self.config.name!r}) found no quantized parameter (none held by a "
             "wageubn.nn layer and no param group with a 'role'): call quantize_(model, config) "
             "before building the optimizer, or use config='fp32'"
         )

@@ -201,7 +201,7 @@ def _memory(net: nn.Module, opt: QSGD, config: WAGEUBNConfig) -> list[MemoryItem
 
     for group in opt.param_groups:
         for p in group["params"]:
-            role = QSGD.role_of(p, group)
+            role = opt.role_of(p, group)
             quantized = role != "float"
             add("parameters", p, config.update if quantized else None)
             if p.grad is not None:

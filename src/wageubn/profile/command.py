@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.progress import command_progress
 from . import ProfileError
 
 __all__ = ["USER_ERRORS", "add_parser", "main", "run"]
@@ -67,8 +68,6 @@ def run(args: argparse.Namespace) -> int:
             WAGEUBNConfig.preset(preset)
         except ValueError as exc:
             raise ProfileError(f"--preset: {exc}") from None
-    from ..cli import command_progress
-
     profiles = {}
     todo = list(dict.fromkeys(["fp32", *presets]))
     with command_progress() as progress:

@@ -4,7 +4,9 @@
 >>> result = train(load_run_config("configs/mnist_cnn_paper.yaml", ["--train.max_steps", "20"]))
 """
 
-from .checkpoint import CheckpointError, load_checkpoint
+from ..run.checkpoint import CheckpointError, load_checkpoint
+from ..run.config import RunConfig, RunConfigError
+from ..run.overrides import load_run_config
 from .loop import (
     TrainingError,
     TrainingInterrupted,
@@ -13,7 +15,6 @@ from .loop import (
     evaluate_checkpoint,
     train,
 )
-from .runconfig import RunConfig, RunConfigError, load_run_config
 from .schedule import PiecewiseConstant, Schedule
 
 __all__ = [

@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any, cast
 
 from ..config import ROLES, WAGEUBNConfig
+from ..core.progress import Progress
+from ..run.config import RunConfig, RunConfigError
+from ..run.overrides import apply_overrides, load_run_config, parse_overrides
 from .ablation_report import require_plot, write_results
 from .lifecycle import describe_status
-from .loop import RESUMABLE_KEYS, TrainingError, TrainingIOError, _flatten, train
+from .loop import TrainingError, TrainingIOError, train
 from .metrics import read_metrics
-from .progress import Progress
-from .runconfig import RunConfig, RunConfigError, apply_overrides, load_run_config, parse_overrides
+from .resume import RESUMABLE_KEYS, flatten
 
 __all__ = ["GROUPS", "VARIANTS", "AblationError", "Variant", "ablate", "variants_for"]
 
@@ -233,7 +235,7 @@ def _state(run_dir: Path, vcfg: RunConfig, name: str) -> str:
         saved = RunConfig.from_dict(_read(run_dir / "config.yaml", name), source="config.yaml")
     except RunConfigError as exc:
         raise AblationError(f"{run_dir}/{exc}; remove {run_dir} to train {name} again") from None
-    now, then = _flatten(vcfg.to_dict()), _flatten(saved.to_dict())
+    now, then = flatten(vcfg.to_dict()), flatten(saved.to_dict())
     length = ("train.epochs", "train.max_steps")  # a longer run continues the variant
     diffs = [
         k

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..core.files import atomic_write_bytes
+from ..core.progress import format_duration
 from ..extras import require
-from .checkpoint import atomic_write_bytes
-from .progress import format_duration
 
 __all__ = ["format_table", "plot_ablation", "require_plot", "write_results"]
 

@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from ..config import WAGEUBNConfig
-from .runconfig import _SECTIONS, RunConfig
+from ..run.config import SECTIONS, RunConfig
 
 __all__ = ["attribute_docs", "format_config", "key_docs"]
 
@@ -53,7 +53,7 @@ def _one_line(doc: str) -> str:
 def key_docs() -> dict[str, str]:
     """One-line documentation of every dotted run-config key (``quant.*`` included)."""
     out = {}
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         docs = attribute_docs(cls)
         for f in dataclasses.fields(cls):
             out[f"{section}.{f.name}"] = _one_line(docs.get(f.name, ""))
@@ -90,7 +90,7 @@ def format_config(cfg: RunConfig, *, source: str | None = None) -> str:
         "what it means [its default].",
         "# Valid YAML: save it and pass it to `wageubn train`; override any key as --section.key VALUE.",
     ]
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         if section == "optim":  # the shipped configs' order: quant between data and optim
             lines += _quant_lines(cfg, docs)
         lines.append(f"{section}:")

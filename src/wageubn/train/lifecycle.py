@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from ..core.files import atomic_write_bytes
 
 __all__ = [
     "StopSignals",

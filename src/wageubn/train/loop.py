@@ -26,11 +26,8 @@ import contextlib
 import errno
 import logging
 import math
-import platform
 import signal
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,34 +35,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..convert import UnsupportedModuleError, quantize_
+from ..core.progress import LogProgress, Progress
+from ..core.version import __version__
 from ..data import Batches, CorruptDataError, derive_seed, load_dataset
-from ..models import create_model
 from ..optim import QSGD
 from ..optim.qsgd import quantized_lr
-from . import parallel
-from .checkpoint import (
+from ..run.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
     load_checkpoint,
     resolve_checkpoint,
     serialize_checkpoint,
 )
+from ..run.config import RunConfig, RunConfigError
+from ..run.model import build_model
+from ..run.overrides import dump_yaml
+from . import parallel
+from .evaluate import evaluate
 from .lifecycle import (
     StopSignals,
     TrainingInterrupted,
     describe_status,
-    owner_record,
     read_run_info,
     write_run_info,
 )
 from .metrics import MetricsWriter
-from .progress import LogProgress, Progress
-from .runconfig import RunConfig, RunConfigError, dump_yaml, load_run_config
+from .resume import RESUMABLE_KEYS, check_compatible, config_from_checkpoint
+from .rundir import as_run_config, new_run_dir, reason, run_record
 from .schedule import Schedule
 
 __all__ = [
     "RESUMABLE_KEYS",
+    "config_from_checkpoint",
     "TrainingError",
     "TrainingIOError",
     "TrainingInterrupted",
@@ -75,26 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("wageubn.train")
-
-# Keys that may differ between a checkpoint's run config and the config it is resumed with.
-RESUMABLE_KEYS = frozenset(
-    {
-        "train.epochs",
-        "train.max_steps",
-        "train.log_every",
-        "train.threads",
-        "train.tensorboard",
-        "train.checkpoint_every_steps",
-        "train.eval_every_epochs",
-        "diag.every",
-        "train.out_dir",
-        "train.run_name",
-        "data.root",
-        "data.num_workers",
-        "data.eval_batch_size",
-        "dist.timeout",
-    }
-)
 
 
 class TrainingError(RuntimeError):
@@ -106,10 +87,6 @@ class TrainingIOError(TrainingError):
     """Training stopped on a file the user fixes: an undecodable data file, or a write that
     failed (disk full, read-only or vanished directory). Names the file, what happened and what
     is saved (the last checkpoint stays intact); the CLI exits with status 2."""
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -152,22 +129,8 @@ def _build(
     cfg: RunConfig, num_classes: int, in_channels: int, device: torch.device | None = None
 ) -> tuple[nn.Module, QSGD, Schedule]:
     torch.manual_seed(cfg.train.seed)
-    kwargs = dict(cfg.model.kwargs)
-    if cfg.model.width is not None:
-        kwargs["width"] = cfg.model.width
-    try:
-        model = create_model(
-            cfg.model.name, num_classes=num_classes, in_channels=in_channels, **kwargs
-        )
-    except TypeError as exc:
-        raise RunConfigError(f"model.kwargs: {exc}") from None
-    except ValueError as exc:  # an importable model that does not fit the data
-        raise RunConfigError(f"model.name: {exc}") from None
+    model = build_model(cfg, num_classes, in_channels)
     qcfg = cfg.quant_config()
-    try:
-        quantize_(model, qcfg)
-    except UnsupportedModuleError as exc:
-        raise RunConfigError(f"model.name {cfg.model.name!r}: {exc}") from None
     device = device or torch.device("cpu")
     model = model.to(device)
     if cfg.train.channels_last:
@@ -189,73 +152,7 @@ def _build(
     return model, opt, schedule
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
-    now, then = _flatten(cfg.to_dict()), _flatten(saved)
-    diffs = [
-        f"{k} {then.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
-        for k in sorted(set(now) | set(then))
-        if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)
-    ]
-    if diffs:
-        raise CheckpointError(
-            f"{path}: written by a different run config: {'; '.join(diffs)}; resume with the "
-            "run's own config (omit CONFIG) or start a new run"
-        )
-
-
-def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """The run config saved in a checkpoint, with dotted ``overrides`` applied."""
-    from .runconfig import apply_overrides, parse_overrides
-
-    ckpt = load_checkpoint(path)
-    values = apply_overrides(ckpt["run_config"], parse_overrides(overrides or []))
-    return RunConfig.from_dict(values, source=f"{resolve_checkpoint(path)} run_config")
-
-
 # -- evaluation ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Any,
-    batch_size: int,
-    *,
-    channels_last: bool = False,
-    num_workers: int = 0,
-    device: torch.device | None = None,
-    progress: Progress | None = None,
-) -> dict[str, float]:
-    """Mean cross-entropy and top-1 accuracy of ``model`` (eval mode) over ``dataset``;
-    ``progress`` (optional) tracks the batches."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    batches = Batches(dataset, batch_size, shuffle=False, generator=None, num_workers=num_workers)
-    progress = progress or Progress()
-    try:
-        for x, y in progress.track(batches, total=len(batches), desc="eval", unit="batch"):
-            if device is not None:
-                x, y = x.to(device), y.to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = model(x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += y.numel()
-    finally:
-        model.train(was_training)
-    return {"loss": loss_sum / n, "acc": correct / n, "images": n}
 
 
 def evaluate_checkpoint(
@@ -308,33 +205,6 @@ def evaluate_checkpoint(
 # -- the run ------------------------------------------------------------------------------------
 
 
-def _as_run_config(config: RunConfig | dict[str, Any] | str | Path) -> RunConfig:
-    if isinstance(config, RunConfig):
-        return config
-    if isinstance(config, dict):
-        return RunConfig.from_dict(config)
-    if isinstance(config, str | Path):
-        return load_run_config(config)
-    raise TypeError(f"train: config must be a RunConfig, dict or path, got {type(config).__name__}")
-
-
-def _new_run_dir(cfg: RunConfig) -> Path:
-    base = Path(cfg.train.out_dir).expanduser() / (cfg.train.run_name or "run")
-    run_dir, i = base, 1
-    try:
-        while run_dir.exists() and any(run_dir.iterdir()):
-            i += 1
-            run_dir = base.with_name(f"{base.name}-{i}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # out_dir is a file, read-only, full...
-        raise RunConfigError(
-            f"train.out_dir {cfg.train.out_dir}: cannot create the run directory {run_dir} "
-            f"({_reason(exc)}); nothing was written; pass a writable directory with "
-            "--train.out_dir DIR"
-        ) from None
-    return run_dir
-
-
 def train(
     config: RunConfig | dict[str, Any] | str | Path,
     *,
@@ -352,12 +222,12 @@ def train(
     CLI; main thread only) SIGTERM and SIGINT stop the run between two steps with a checkpoint
     and raise `TrainingInterrupted` (a KeyboardInterrupt).
     """
-    cfg = _as_run_config(config)
+    cfg = as_run_config(config)
     ckpt, ckpt_path = None, None
     if resume is not None:
         ckpt_path = resolve_checkpoint(resume)
         ckpt = load_checkpoint(ckpt_path)
-        _check_compatible(cfg, ckpt["run_config"], ckpt_path)
+        check_compatible(cfg, ckpt["run_config"], ckpt_path)
     threads = torch.get_num_threads()
     ctx = parallel.setup(cfg)
     clean = False
@@ -427,7 +297,7 @@ class _Run:
             made: Any = None
             if ctx.is_main:
                 try:
-                    made = str(_new_run_dir(cfg))
+                    made = str(new_run_dir(cfg))
                 except RunConfigError as exc:  # every rank raises it; rank 0 prints it
                     made = exc
             made = parallel.broadcast(ctx, made)
@@ -464,7 +334,7 @@ class _Run:
                     else "pass a writable --train.out_dir"
                 )
                 failed = TrainingIOError(
-                    f"cannot write to the run directory {self.run_dir} ({_reason(exc)}); "
+                    f"cannot write to the run directory {self.run_dir} ({reason(exc)}); "
                     f"nothing was trained; {kept}"
                 )
         failed = parallel.broadcast(ctx, failed)  # every rank stops, not only rank 0
@@ -519,33 +389,18 @@ class _Run:
     def _write_run_files(
         self, ckpt_path: Path | None, ckpt: Any, command: list[str] | None
     ) -> None:
-        import wageubn
-
         atomic_write_bytes(self.run_dir / "config.yaml", dump_yaml(self.cfg).encode())
         info_path = self.run_dir / "run.json"
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        cmd = list(command) if command is not None else list(sys.argv)
-        info = read_run_info(info_path) if ckpt is not None else None
-        if info is not None:
-            resume = {"time": now, "checkpoint": str(ckpt_path), "step": self.step, "command": cmd}
-            if self.previous_status is not None:
-                resume["previous_status"] = self.previous_status
-            info.setdefault("resumes", []).append(resume)
-        else:
-            info = {
-                "wageubn": wageubn.__version__,
-                "torch": str(torch.__version__),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "seed": self.cfg.train.seed,
-                "command": cmd,
-                "started": now,
-                "threads": torch.get_num_threads(),
-                "parameters": sum(p.numel() for p in self.model.parameters()),
-                "steps_per_epoch": len(self.batches),
-            }
-        info["status"] = "running"
-        info["owner"] = owner_record()  # tells a crashed run from a live one (lifecycle.py)
+        info = run_record(
+            self.cfg,
+            read_run_info(info_path) if ckpt is not None else None,
+            model=self.model,
+            steps_per_epoch=len(self.batches),
+            step=self.step,
+            checkpoint=ckpt_path,
+            command=command,
+            previous_status=self.previous_status,
+        )
         self.info, self.info_path = info, info_path
         write_run_info(info_path, info)
 
@@ -586,7 +441,7 @@ class _Run:
             "elapsed_s": time.perf_counter() - self.t0,
             "run_config": self.cfg.to_dict(),
             "world_size": self.ctx.world,
-            "versions": {"wageubn": _version(), "torch": str(torch.__version__)},
+            "versions": {"wageubn": __version__, "torch": str(torch.__version__)},
         }
         data = serialize_checkpoint(payload)
         for path in (self.last_path, self.best_path) if best else (self.last_path,):
@@ -594,7 +449,7 @@ class _Run:
                 atomic_write_bytes(path, data)
             except OSError as exc:  # the previous file at `path` is intact (atomic write)
                 raise self._io_error(
-                    epoch, f"cannot write the checkpoint {path} ({_reason(exc)})"
+                    epoch, f"cannot write the checkpoint {path} ({reason(exc)})"
                 ) from None
             if path == self.last_path:
                 self.last_good = f"{self.last_path} (step {self.step})"
@@ -673,7 +528,7 @@ class _Run:
             self._set_status(f"failed: {error}")
             raise error from None
         except OSError as exc:  # metrics, diagnostics or run.json (checkpoints say so themselves)
-            what = f"a write to the run directory {self.run_dir} failed ({_reason(exc)})"
+            what = f"a write to the run directory {self.run_dir} failed ({reason(exc)})"
             if exc.errno == errno.ENOSPC:
                 what = f"the disk holding {self.run_dir} is full"
             error = self._io_error(epoch, what)
@@ -900,9 +755,3 @@ def _scheduled_lr_q(lr: float, qcfg: Any) -> float:
 
 def _zeros() -> dict[str, float | int]:
     return {"loss_sum": 0.0, "steps": 0, "correct": 0, "count": 0}
-
-
-def _version() -> str:
-    import wageubn
-
-    return wageubn.__version__

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from ..core.files import atomic_write_bytes
 
 __all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics", "role_rates"]
 

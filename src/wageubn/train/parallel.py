@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .runconfig import RunConfig, RunConfigError
+from ..run.config import RunConfig, RunConfigError
 
 __all__ = [
     "DistContext",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .runconfig import OptimSection
+from ..run.config import OptimSection
 
 __all__ = ["PiecewiseConstant", "Schedule"]
 

@@ -1,0 +1,72 @@
+"""What a resume may change: the run-config keys that can differ from the checkpoint's, the check
+that nothing else does, and the saved run config with overrides (``wageubn train --resume``).
+
+A resumed run continues bit for bit like an uninterrupted one only if everything that decides
+the numbers is the checkpoint's own: model, data, optimizer, quantization, seed. Keys that only
+decide how long the run goes, where it writes or how it reports are ``RESUMABLE_KEYS``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..run.config import RunConfig
+from ..run.overrides import apply_overrides, parse_overrides
+
+__all__ = ["RESUMABLE_KEYS", "check_compatible", "config_from_checkpoint", "flatten"]
+
+# Keys that may differ between a checkpoint's run config and the config it is resumed with.
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.epochs",
+        "train.max_steps",
+        "train.log_every",
+        "train.threads",
+        "train.tensorboard",
+        "train.checkpoint_every_steps",
+        "train.eval_every_epochs",
+        "diag.every",
+        "train.out_dir",
+        "train.run_name",
+        "data.root",
+        "data.num_workers",
+        "data.eval_batch_size",
+        "dist.timeout",
+    }
+)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A run config's dict as ``{"section.key": value}`` (``model.kwargs`` kept whole)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "kwargs":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
+    """Raise ``CheckpointError`` listing every key outside ``RESUMABLE_KEYS`` on which ``cfg``
+    and the checkpoint's run config ``saved`` differ."""
+    now, then = flatten(cfg.to_dict()), flatten(saved)
+    diffs = [
+        f"{k} {then.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
+        for k in sorted(set(now) | set(then))
+        if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path}: written by a different run config: {'; '.join(diffs)}; resume with the "
+            "run's own config (omit CONFIG) or start a new run"
+        )
+
+
+def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The run config saved in a checkpoint, with dotted ``overrides`` applied."""
+    ckpt = load_checkpoint(path)
+    values = apply_overrides(ckpt["run_config"], parse_overrides(overrides or []))
+    return RunConfig.from_dict(values, source=f"{resolve_checkpoint(path)} run_config")
