@@ -25,7 +25,10 @@ FAMILY_FIRST = {  # the variant of each family that runs in the quick tier
     "shufflenet_v2_x0_5", "squeezenet1_0", "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11_bn",
     "vit_b_32", "wide_resnet50_2",
 }  # fmt: skip
-SIZE = {"alexnet": 63, "inception_v3": 75, "maxvit_t": 224}  # the smallest inputs they take
+SIZE = {  # the smallest inputs they take (ViTs: the image_size they are built for, KWARGS)
+    "alexnet": 63, "inception_v3": 75, "maxvit_t": 224,
+    **{n: 28 for n in NAMES if n.startswith("vit_") and n.endswith("14")},
+}  # fmt: skip
 KWARGS = {
     "inception_v3": {"aux_logits": False, "init_weights": False},
     "googlenet": {"init_weights": False},
