@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from reproduce import table  # the same table layout as the README's other reproduction rows
 
 from wageubn.train import load_run_config, train
 
@@ -58,19 +59,6 @@ def run(config: str, preset: str, args: argparse.Namespace, name: str) -> dict:
         "steps": result["step"],
         "wall_s": time.perf_counter() - t0,
     }
-
-
-def table(rows: list[dict], title: str) -> list[str]:
-    fp32 = next((r["acc"] for r in rows if r["preset"] == "fp32"), None)
-    lines = [f"**{title}**", "", "| preset | test accuracy | gap to fp32 | epochs | steps | wall time |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        gap = "—" if fp32 is None or r["preset"] == "fp32" else f"{(r['acc'] - fp32) * 100:+.2f}"
-        lines.append(
-            f"| {r['preset']} | {r['acc'] * 100:.2f}% | {gap} | {r['epochs']} | {r['steps']} | "
-            f"{r['wall_s'] / 60:.1f} min |"
-        )
-    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
