@@ -183,7 +183,7 @@ class _BatchNorm(torch.autograd.Function):
             x3, None if gamma is None else gamma.detach(), None if beta is None else beta.detach(),
             running_mean, running_var, tracked, count, spec.batch_stats, update, momentum,
             spec.eps, spec.k_mean, spec.k_std, spec.k_xhat, spec.k_gamma, spec.k_beta,
-            act.activation if int8_act else None, layout.k,
+            act.activation if int8_act else None, layout.k, layout.r,
         )  # fmt: skip
         tiled = params[6:10]  # mu_q, sigma_q, gamma_q, beta_q for the widened view
         if int8_act:
@@ -220,7 +220,7 @@ class _BatchNorm(torch.autograd.Function):
         e1 = act.error1 if spec.relu else None
         sums = bn_backward_sums(
             g3, src3, p1, p2, *tiled, gamma_q, sigma_q, std, count, spec.k_xhat, spec.xhat_exp,
-            spec.relu, e1, act.e1_limit, layout.k,
+            spec.relu, e1, act.e1_limit, layout.k, layout.r,
         )  # fmt: skip
         dgamma, dbeta, k0, k1, *factors = sums
         if ctx.relu_obs is not None and e1 is not None:

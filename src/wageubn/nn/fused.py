@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 _WIDE = 256  # channels_last rows are widened to about this many elements
+_BLOCK = 32  # rows per block of the channels_last channel sums
 
 
 class ChannelLayout:
@@ -70,6 +71,13 @@ class ChannelLayout:
             while k * 2 * self.channels <= _WIDE and self.per_channel % (k * 2) == 0:
                 k *= 2
         self.k = k  # copies of the channel vector per row
+        # rows summed per block by the channel sums (``_colsum``): a reduction over the long
+        # outer axis runs as blocks of r rows in parallel, then a short sum over the blocks
+        rows = self.per_channel // k if self.channels_last else 1
+        r = 1
+        while r < _BLOCK and rows % (r * 2) == 0 and rows >= 4 * r * 2:
+            r *= 2
+        self.r = r
 
     def view3(self, t: torch.Tensor) -> torch.Tensor:
         n, c = self.shape[0], self.channels
@@ -96,6 +104,15 @@ def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits is None:
         return x
     return torch.round(x * (2.0 ** (bits - 1))) * (2.0 ** (1 - bits))
+
+
+def _colsum(v: torch.Tensor, r: int) -> torch.Tensor:
+    """Per-column sums of a 3-D view ``(A, W, B)`` over ``A`` and ``B``; with ``r > 1`` (``B = 1``,
+    ``A`` a multiple of ``r``) as sums of blocks of ``r`` rows, then over the blocks: a fixed
+    order, the same eager and compiled, that a compiled kernel runs block-parallel."""
+    if r == 1:
+        return v.sum((0, 2))
+    return v.view(-1, r, v.shape[1]).sum(1).sum(0)
 
 
 def _fold(v: torch.Tensor, k: int) -> torch.Tensor:
@@ -130,6 +147,7 @@ def bn_prepare(
     k_beta: int | None,
     k_a: int | None,
     k: int,
+    r: int,
 ) -> tuple[torch.Tensor, ...]:
     """Everything per channel a BN step needs, in one kernel (a pass over ``x`` when it needs
     batch statistics or, for the int8 A of a fused ReLU, the channels' extremes).
@@ -146,7 +164,7 @@ def bn_prepare(
     they were, without a host read, when the batch statistics are not finite."""
     if batch_stats or k_a is not None:
         xd = x3.to(torch.float64)
-        s1, s2 = xd.sum((0, 2)), (xd * xd).sum((0, 2))
+        s1, s2 = _colsum(xd, r), _colsum(xd * xd, r)
         lo, hi = x3.amin((0, 2)), x3.amax((0, 2))
         if k > 1:
             s1, s2 = s1.view(k, -1).sum(0), s2.view(k, -1).sum(0)
@@ -330,6 +348,7 @@ def bn_backward_sums(
     e1_bits: int | None,
     e1_limit: float,
     k: int,
+    r: int,
 ) -> tuple[torch.Tensor, ...]:
     """The backward's reduction pass: per channel ``dgamma = Σdy·x̂``, ``dbeta = Σdy`` (float64
     sums, then float32) and the tiled coefficients ``k0 = d_mu_q / M``, ``k1 = 2·d_var / M`` of
@@ -342,7 +361,7 @@ def bn_backward_sums(
         f = (torch.zeros((), dtype=g3.dtype, device=g3.device),) * 5
     t, xhat = _saved_xhat(src3, p1, p2, mu_t, sigma_t, k_xhat, xhat_exp, g3.dtype)
     dy = _e1_mask(g3, xhat, gamma_t, beta_t, relu, e1_bits, e1_limit, f).to(torch.float64)
-    s0, s1, s2 = dy.sum((0, 2)), (dy * xhat).sum((0, 2)), (dy * t).sum((0, 2))
+    s0, s1, s2 = _colsum(dy, r), _colsum(dy * xhat, r), _colsum(dy * t, r)
     if k > 1:
         s0, s1, s2 = (v.view(k, -1).sum(0) for v in (s0, s1, s2))
     gq, sq, sd = gamma_q.double(), sigma_q.double(), std.double()
