@@ -42,6 +42,7 @@ ROLES: dict[str, tuple[int, str, str]] = {
 _ARITHMETIC = ("simulated", "int8")
 _INT8_BACKENDS = ("auto", "cpu", "cuda", "reference", "float")
 _GRAD_ROUNDING = ("stochastic", "nearest")
+_GRAD_SCALE = ("tensor", "channel")
 # Roles whose tensors are GEMM operands: int8 arithmetic needs them at 8 bits or fewer.
 _INT8_ROLES = ("weight", "activation", "grad", "error1", "error2")
 
@@ -92,6 +93,11 @@ class WAGEUBNConfig:
     """Rounding of ``CQ``: ``"stochastic"`` (paper) or ``"nearest"``."""
     grad_range: int = 128
     """Initial gradient range ``dr`` of ``CQ`` (the optimizer can schedule it)."""
+    grad_scale: str = "tensor"
+    """The scale ``R(g)`` of ``CQ``: ``"tensor"`` (paper: one per weight gradient) or
+    ``"channel"`` (beyond the paper, opt-in: one per output channel, the slices along dim 0 of
+    a weight gradient with 2+ dims — for depthwise convolutions, whose channels' gradients
+    differ by orders of magnitude; docs/quantizers.md)."""
     arithmetic: str = "simulated"
     """``"simulated"``: quantized values held in float tensors (``paper``); ``"int8"``: products on
     integer kernels (§6)."""
@@ -124,6 +130,11 @@ class WAGEUBNConfig:
             errors.append(
                 f"grad_rounding={self.grad_rounding!r} is not one of {_GRAD_ROUNDING}"
                 + _suggest(str(self.grad_rounding), _GRAD_ROUNDING)
+            )
+        if self.grad_scale not in _GRAD_SCALE:
+            errors.append(
+                f"grad_scale={self.grad_scale!r} is not one of {_GRAD_SCALE}"
+                + _suggest(str(self.grad_scale), _GRAD_SCALE)
             )
         if self.arithmetic not in _ARITHMETIC:
             errors.append(

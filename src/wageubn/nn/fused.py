@@ -127,7 +127,7 @@ def _tile(v: torch.Tensor, k: int) -> torch.Tensor:
 # -- BatchNorm -----------------------------------------------------------------------------------
 
 
-@fused
+@fused(recompute=True)
 def bn_prepare(
     x3: torch.Tensor,
     gamma: torch.Tensor | None,
@@ -241,7 +241,7 @@ def _saved_xhat(src, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, dtype):
     return xhat, xhat
 
 
-@fused
+@fused(recompute=True)
 def bn_forward(
     x3: torch.Tensor,
     mu_q: torch.Tensor,
@@ -264,7 +264,7 @@ def bn_forward(
     return (out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
 
 
-@fused
+@fused(recompute=True)
 def bn_relu_int8_forward(
     x3: torch.Tensor,
     mu_q: torch.Tensor,
@@ -289,7 +289,7 @@ def bn_relu_int8_forward(
     return (*out, *split_bytes(torch.round(t * (2.0 ** (k_xhat - 1))), xhat_planes))
 
 
-@fused
+@fused(recompute=True)
 def bn_relu_int8_codes(
     p0: torch.Tensor,
     p1: torch.Tensor,
@@ -328,7 +328,7 @@ def _e1_mask(g3, xhat, gamma_q, beta_q, relu, e1_bits, e1_limit, f):
     return torch.where(y > 0, g3, 0.0 * g3)
 
 
-@fused
+@fused(recompute=True)
 def bn_backward_sums(
     g3: torch.Tensor,
     src3: torch.Tensor,
@@ -372,7 +372,7 @@ def bn_backward_sums(
     return s1.to(g3.dtype), s0.to(g3.dtype), _tile(k0, k), _tile(k1, k), *f
 
 
-@fused
+@fused(recompute=True)
 def bn_backward(
     g3: torch.Tensor,
     src3: torch.Tensor,

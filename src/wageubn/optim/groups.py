@@ -34,7 +34,9 @@ __all__ = [
     "tensors_of",
 ]
 
-OPTIMIZER_FIELDS = ("grad", "bn_grad", "lr", "momentum", "update", "grad_rounding", "grad_range")
+OPTIMIZER_FIELDS = (
+    "grad", "bn_grad", "lr", "momentum", "update", "grad_rounding", "grad_range", "grad_scale",
+)  # fmt: skip
 """The ``WAGEUBNConfig`` fields ``QSGD`` reads: an optimizer and a model whose configs agree on
 these update the model's parameters onto the grids its layers assume."""
 

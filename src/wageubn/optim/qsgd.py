@@ -293,6 +293,10 @@ class QSGD(torch.optim.Optimizer):
         equal ``torch.optim.SGD``) take the per-parameter path."""
         cfg = self.config
         bits = cfg.grad if role == "weight" else cfg.bn_grad if role == "bn" else None
+        if role == "weight" and cfg.grad_scale == "channel":
+            # per-channel CQ runs per parameter (one kernel each): inductor 2.14 fails to compile
+            # the multi-parameter update with per-channel scales (KeyError in its scheduler)
+            return False
         return None not in (bits, cfg.lr, cfg.momentum, cfg.update)
 
     def _fused_step(
@@ -429,8 +433,9 @@ class QSGD(torch.optim.Optimizer):
                     f"'{g.device}') (one generator per optimizer, on the parameters' device)"
                 )
             return device.q_constant(
-                g, cfg.grad, dr, generator=self.generator, rounding=cfg.grad_rounding
-            )
+                g, cfg.grad, dr, generator=self.generator, rounding=cfg.grad_rounding,
+                scale=cfg.grad_scale,
+            )  # fmt: skip
         if role == "bn" and cfg.bn_grad is not None:
             return device.q_direct(g, cfg.bn_grad)
         return g

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.device import nan_guard, pow2, round_log2
+from ..quant.device import cq_codes, nan_guard
 from ..quant.fusion import fused
 
 __all__ = ["fused_update"]
@@ -30,14 +30,7 @@ def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
 
 def _cq(g, u, bits, dr, dr_limit):
     amax = g.abs().amax()
-    inv = pow2(-round_log2(amax), g.dtype)
-    v = g * inv[0] * inv[1] * dr
-    if u is None:
-        n = torch.round(v)
-    else:
-        fl = torch.floor(v)
-        n = fl + (u < v - fl).to(v.dtype)
-    n = torch.clamp(n, -dr_limit, dr_limit)
+    n = cq_codes(g, amax, u, dr, dr_limit)
     return n * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
 
 

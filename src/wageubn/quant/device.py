@@ -49,6 +49,7 @@ __all__ = [
     "pow2",
     "q_clipped",
     "q_constant",
+    "constant_channels",
     "q_direct",
     "q_error2",
     "q_error2_rows",
@@ -241,16 +242,44 @@ def constant(
     """``CQ(x, k, dr) = clip(SR(dr · x / R), ±(dr − 1)) · 2^(−2(k−1))``: ``x / R`` first (exact),
     then times ``dr``. ``u`` holds the uniform draws of ``SR`` (``None``: round to nearest)."""
     amax = x.abs().amax()
-    inv = pow2(-round_log2(amax), x.dtype)
     guard = nan_guard(amax)
+    n = cq_codes(x, amax, u, dr, dr_limit)
+    return n * (2.0 ** (-2 * (bits - 1))) + guard, *pow2(-round_log2(amax), x.dtype), guard
+
+
+def cq_codes(
+    x: torch.Tensor,
+    amax: torch.Tensor,
+    u: torch.Tensor | None,
+    dr: torch.Tensor,
+    limit: torch.Tensor,
+) -> torch.Tensor:
+    """The integer codes ``clip(SR(dr · x / R), ±limit)`` of ``CQ`` with ``R = 2^round(log2 amax)``
+    (``amax`` 0-dim, or broadcasting per channel); ``u`` the draws (None: round to nearest)."""
+    inv = pow2(-round_log2(amax), x.dtype)
     v = x * inv[0] * inv[1] * dr
     if u is None:
         n = torch.round(v)
     else:
         fl = torch.floor(v)
         n = fl + (u < v - fl).to(v.dtype)
-    n = torch.clamp(n, -dr_limit, dr_limit)
-    return n * (2.0 ** (-2 * (bits - 1))) + guard, *inv, guard
+    return torch.clamp(n, -limit, limit)
+
+
+def channel_amax(x: torch.Tensor) -> torch.Tensor:
+    """``max |x[i]|`` for every slice along dim 0, shaped to broadcast against ``x``."""
+    return x.abs().amax(dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+@fused
+def constant_channels(
+    x: torch.Tensor, u: torch.Tensor | None, bits: int, dr: torch.Tensor, dr_limit: torch.Tensor
+) -> torch.Tensor:
+    """``CQ`` with one ``R`` per output channel (``x`` of 2+ dims, any layout; ``u`` the draws in
+    ``x``'s shape): ``CQ(x[i], k, dr)`` for every ``i``. A non-finite channel is NaN."""
+    amax = channel_amax(x)
+    n = cq_codes(x, amax, u, dr, dr_limit)
+    return n * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
 
 
 def fit_exponent(amax: torch.Tensor, bits: int) -> torch.Tensor:
@@ -387,9 +416,12 @@ def q_constant(
     *,
     generator: torch.Generator | None = None,
     rounding: str = "stochastic",
+    scale: str = "tensor",
 ) -> torch.Tensor:
     """``CQ(x, k, dr)``; the uniform draws are ``torch.rand(x.shape, generator=generator)`` in
-    ``x``'s dtype, element ``i`` of the draws for logical element ``i`` of ``x``."""
+    ``x``'s dtype, element ``i`` of the draws for logical element ``i`` of ``x``. ``scale``:
+    ``"tensor"`` (one ``R(x)``) or ``"channel"`` (one ``R`` per slice ``x[i]``; a tensor of
+    fewer than 2 dims has one)."""
     if x.numel() == 0:
         return x.clone()
     dt = _compute_dtype(x)
@@ -398,8 +430,12 @@ def q_constant(
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         if not x.is_contiguous():  # the draws follow x's layout, element by element
             u = torch.empty_like(x).copy_(u)
-        u = flat(u.to(dt))
-    return _run(constant, x, u, bits, _c(dr, dt, x, "dr"), _c(dr - 1, dt, x, "limit"))[0]
+    limits = _c(dr, dt, x, "dr"), _c(dr - 1, dt, x, "limit")
+    if scale == "channel" and x.dim() > 1:
+        xd = x.detach() if x.dtype == dt else x.detach().to(dt)
+        out = constant_channels(xd, None if u is None else u.to(dt), bits, *limits)
+        return out.to(x.dtype)
+    return _run(constant, x, None if u is None else flat(u.to(dt)), bits, *limits)[0]
 
 
 def decode(codes: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -189,6 +189,7 @@ def constant_quantize(
     *,
     generator: torch.Generator | None = None,
     rounding: str = "stochastic",
+    scale: str = "tensor",
 ) -> torch.Tensor:
     """Constant quantization ``CQ(x, k, dr) = clip(SR(dr · x / R(x)), −(dr−1), dr−1) · 2^(−2(k−1))`` (G).
 
@@ -197,11 +198,15 @@ def constant_quantize(
     ``±(dr − 1)·2^(−2(k−1))``. Rounding: stochastic (``SR``, unbiased), random numbers from
     ``generator`` (the global generator if ``None``). ``x / R(x)`` is computed first, then times
     ``dr``, as in the released code. ``rounding="nearest"`` replaces ``SR`` by round-half-to-even
-    (an ablation; the contract's ``CQ`` is stochastic).
+    (an ablation; the contract's ``CQ`` is stochastic). ``scale="channel"`` (beyond the paper,
+    ``WAGEUBNConfig.grad_scale``) takes one ``R`` per slice ``x[i]`` along dim 0 — ``CQ(x[i])``
+    for each output channel — where ``x`` has 2 or more dims.
     """
     bits = check_bits(bits)
     dr = check_grad_range(dr)
     if rounding not in ("stochastic", "nearest"):
         raise ValueError(f"rounding must be 'stochastic' or 'nearest', got {rounding!r}")
+    if scale not in ("tensor", "channel"):
+        raise ValueError(f"scale must be 'tensor' or 'channel', got {scale!r}")
     check_finite(x, "constant_quantize input")
-    return device.q_constant(x, bits, dr, generator=generator, rounding=rounding)
+    return device.q_constant(x, bits, dr, generator=generator, rounding=rounding, scale=scale)

@@ -33,7 +33,7 @@ import os
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
@@ -130,9 +130,10 @@ def _tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
 class _Fused:
     """See ``fused``."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], options: dict[str, Any] | None = None) -> None:
         functools.update_wrapper(self, fn)
         self.eager = fn
+        self._options = options
         # one compiled function per variant, each from its own copy of the code object, so that
         # each has its own dynamo cache (and recompile budget)
         self._variants: dict[tuple[Any, ...], Callable[..., Any]] = {}
@@ -165,7 +166,7 @@ class _Fused:
                     _bind_constants(self.eager, args, inputs),
                     fullgraph=True,
                     dynamic=None,
-                    options=_INDUCTOR_OPTIONS,
+                    options=self._options,
                 )
             for i in inputs:
                 for member in args[i] if isinstance(args[i], list) else (args[i],):
@@ -189,11 +190,10 @@ class _Fused:
         return self.eager(*args)
 
 
-# inductor's store-vs-recompute limits, raised: a kernel here is a handful of elementwise steps
-# feeding several per-channel sums, and recomputing them inside the reduction loop is cheaper
-# than writing the intermediate tensor out (in float64) and reading it back — measured on the BN
-# backward's sums: 8.7 → 5.6 ms for a 128×16×32×32 input (2 threads)
-_INDUCTOR_OPTIONS = {"realize_opcount_threshold": 1000, "realize_reads_threshold": 100}
+# inductor's store-vs-recompute limits, raised (``@fused(recompute=True)``): recomputing a few
+# elementwise steps inside each reduction loop instead of writing the intermediate tensor out (in
+# float64) and reading it back — the BN backward's sums: 8.7 → 5.6 ms on 128×16×32×32 (2 threads)
+_RECOMPUTE = {"realize_opcount_threshold": 1000, "realize_reads_threshold": 100}
 
 
 def _bind_constants(
@@ -234,8 +234,17 @@ def _disable(reason: str) -> None:
     )
 
 
-def fused(fn: F) -> F:
+@overload
+def fused(fn: F) -> F: ...
+@overload
+def fused(*, recompute: bool = ...) -> Callable[[F], F]: ...
+def fused(fn: F | None = None, *, recompute: bool = False) -> F | Callable[[F], F]:
     """Run ``fn`` (tensors in, tensors out, no host reads) as one compiled kernel when possible.
 
-    ``fn.eager`` is the uncompiled function."""
+    ``fn.eager`` is the uncompiled function. ``@fused(recompute=True)`` compiles with inductor's
+    store-vs-recompute limits raised (``_RECOMPUTE``): for kernels whose elementwise steps feed
+    several reductions, where writing the intermediates out costs more than recomputing them
+    (measured on the BN kernels; not a global setting, as it trips inductor on other kernels)."""
+    if fn is None:
+        return lambda f: _Fused(f, _RECOMPUTE if recompute else None)  # type: ignore[return-value]
     return _Fused(fn)  # type: ignore[return-value]
