@@ -40,7 +40,9 @@ def test_channel_cq_matches_the_oracle_slice_by_slice(bits, dr):
     scales = torch.tensor([1.0, 1e-3, 3e-6, 250.0]).view(4, 1, 1, 1)
     x = torch.randn(4, 3, 3, 3, generator=g) * scales
     x[2, 0, 0, 0] = 0.0
-    out = constant_quantize(x, bits, dr, generator=torch.Generator().manual_seed(7), scale="channel")
+    out = constant_quantize(
+        x, bits, dr, generator=torch.Generator().manual_seed(7), scale="channel"
+    )
     _exact(out, _oracle(x, bits, dr, _draws(x, 7)))
 
 
@@ -106,7 +108,9 @@ def test_channel_cq_properties(rows, cols, logscale, seed, dr):
     alone with its own draws."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, cols, generator=g) * torch.tensor(logscale[:rows]).exp2().view(-1, 1)
-    out = constant_quantize(x, 8, dr, generator=torch.Generator().manual_seed(seed), scale="channel")
+    out = constant_quantize(
+        x, 8, dr, generator=torch.Generator().manual_seed(seed), scale="channel"
+    )
     steps = out * 2.0**14
     assert torch.equal(steps, steps.round()) and steps.abs().max() <= dr - 1
     u = _draws(x, seed)
