@@ -352,6 +352,29 @@ def test_random_conv_shapes(
         exact(a, b)
 
 
+@pytest.mark.parametrize(
+    "groups, cg, h, w, kh, kw, stride",
+    [
+        (2, 1, 5, 3, 3, 3, (1, 2)),  # hypothesis's find: output 3×1, oneDNN gave garbage
+        (1, 1, 7, 4, 4, 4, (1, 3)),  # ungrouped too
+        (3, 2, 6, 4, 1, 4, (1, 2)),
+        (1, 2, 3, 7, 3, 3, (2, 1)),  # the transposed case: output 1 high
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+def test_strided_outputs_one_wide_are_exact(groups, cg, h, w, kh, kw, stride, dtype):
+    """oneDNN 3.12 returned wrong sums for strided convolutions whose output is 1 wide or high;
+    such convolutions take the GEMM path (regression: tests/test_kernels.py hypothesis search)."""
+    gen = torch.Generator().manual_seed(0)
+    x = codes((1, cg * groups, h, w), dtype, gen)
+    wt = codes((2 * groups, cg, kh, kw), torch.int8, gen)
+    args = (stride, (0, 0), (1, 1), groups)
+    exact(
+        kernels.conv2d_forward(x, wt, *args, backend="cpu"),
+        kernels.conv2d_forward(x, wt, *args, backend="reference"),
+    )
+
+
 # ---------------------------------------------------------------------------------- real CUDA
 
 

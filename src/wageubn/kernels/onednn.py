@@ -223,14 +223,17 @@ def phase_input_grad(
     ph = phase_plan(kh, stride[0], dilation[0], padding[0], h, ho)
     pw = phase_plan(kw, stride[1], dilation[1], padding[1], wd, wo)
     sh, sw = stride
-    wc = torch.zeros((groups, cg, sh, sw, og, ph["kt"], pw["kt"]), dtype=torch.int8)
     wg = w.reshape(groups, og, cg, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            wc[:, :, ph["phase"][i], pw["phase"][j], :, ph["pos"][i], pw["pos"][j]] = wg[
-                :, :, :, i, j
-            ].transpose(1, 2)
-    wc = wc.reshape(c * sh * sw, og, ph["kt"], pw["kt"])
+    if stride == (1, 1):  # one phase, tap i at position k − 1 − i: the flipped kernel
+        wc = wg.transpose(1, 2).flip(3, 4).reshape(c, og, kh, kw).contiguous()
+    else:
+        wc = torch.zeros((groups, cg, sh, sw, og, ph["kt"], pw["kt"]), dtype=torch.int8)
+        for i in range(kh):
+            for j in range(kw):
+                wc[:, :, ph["phase"][i], pw["phase"][j], :, ph["pos"][i], pw["pos"][j]] = wg[
+                    :, :, :, i, j
+                ].transpose(1, 2)
+        wc = wc.reshape(c * sh * sw, og, ph["kt"], pw["kt"])
     eu, zp, pad = as_uint8(e, (ph["pad"], pw["pad"]))
     y = onednn_conv(
         eu,
