@@ -38,7 +38,7 @@ def _call(backend, fn, *args, monkeypatch=None, **kw):
         return getattr(kernels, fn)(*args, backend="cpu", **kw)
     if backend == "cuda-mm":
         monkeypatch.setattr(cuda, "is_available", lambda: True)
-        monkeypatch.setattr(kernels, "_resolve", lambda b, d: cuda)
+        monkeypatch.setattr(kernels, "_resolve", lambda b, d: kernels.get_backend("cuda"))
         return getattr(kernels, fn)(*args, backend="cuda", **kw)
     return getattr(kernels, fn)(*args, backend=backend, **kw)
 
@@ -403,6 +403,26 @@ def test_backends_and_default():
         exact(kernels.linear_forward(x, x), torch.full((2, 2), 3, dtype=torch.int32))
     finally:
         kernels.set_default_backend("auto")
+
+
+def test_backend_objects_share_one_typed_interface():
+    """Every backend is a KernelBackend; called with a ConvGeometry and an OutputSpec it gives
+    what the public entry point gives; an unknown name is refused with a close match."""
+    x = torch.randint(0, 256, (2, 4, 6, 6), dtype=torch.uint8)
+    w = torch.randint(-128, 128, (4, 2, 3, 3), dtype=torch.int8)
+    geometry = kernels.ConvGeometry(stride=(2, 1), padding=(1, 1), dilation=(1, 1), groups=2)
+    want = kernels.conv2d_forward(x, w, (2, 1), 1, 1, 2, backend="reference")
+    for name in kernels.available_backends():
+        if name == "cuda":
+            continue
+        impl = kernels.get_backend(name)
+        assert isinstance(impl, kernels.KernelBackend) and impl.name == name
+        got = impl.conv2d_forward(
+            x, w, geometry=geometry, out=kernels.OutputSpec(torch.int32, None)
+        )
+        exact(got, want)
+    with pytest.raises(ValueError, match="did you mean 'cuda'"):
+        kernels.get_backend("cudaa")
 
 
 def test_bad_input_messages():

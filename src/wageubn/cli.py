@@ -306,7 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    user_errors = (UsageError, RunConfigError, CheckpointError, DatasetNotFoundError)
+    user_errors: tuple[type[BaseException], ...] = (
+        UsageError,
+        RunConfigError,
+        CheckpointError,
+        DatasetNotFoundError,
+    )
     user_errors += (MissingExtraError, CorruptDataError)
     try:
         parser, extra = build_parser()

@@ -1,4 +1,6 @@
-"""The numerical contract as a frozen dataclass: every quantized role, its bits, and the presets.
+"""The numerical contract as a frozen dataclass: every quantized role, its bits, and the presets;
+and ``config_of(model)``: the config a converted model's quantized layers hold (they are its only
+owners; ``quantize_`` in ``wageubn.convert`` puts it there).
 
 See docs/WAGEUBN.md §4 (bit widths) and §5 (presets). A role set to ``None`` stays in float.
 
@@ -13,12 +15,15 @@ import dataclasses
 import difflib
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
+from torch import nn
+
+from .core.roles import quantized_layers
 from .quant.functions import check_grad_range
 from .quant.rounding import MAX_BITS, MIN_BITS
 
-__all__ = ["PRESETS", "ROLES", "WAGEUBNConfig"]
+__all__ = ["PRESETS", "ROLES", "WAGEUBNConfig", "config_of", "config_or_none"]
 
 # role -> (paper bits, quantizer, what it is). The order is the contract's table (§4).
 ROLES: dict[str, tuple[int, str, str]] = {
@@ -122,7 +127,7 @@ class WAGEUBNConfig:
                 continue
             if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
                 errors.append(f"{role}={bits!r} must be an int in [{MIN_BITS}, {MAX_BITS}] or None")
-            elif not MIN_BITS <= bits <= MAX_BITS:
+            elif not MIN_BITS <= int(bits) <= MAX_BITS:
                 errors.append(
                     f"{role}={bits} is outside [{MIN_BITS}, {MAX_BITS}]; use None to keep it float"
                 )
@@ -161,7 +166,7 @@ class WAGEUBNConfig:
             for role in _INT8_ROLES:
                 bits = getattr(self, role)
                 if isinstance(bits, numbers.Integral) and not isinstance(bits, bool):
-                    if bits > 8:
+                    if int(bits) > 8:
                         errors.append(f"arithmetic='int8' needs {role} <= 8 bits, got {bits}")
                 elif bits is None:
                     errors.append(f"arithmetic='int8' needs {role} quantized (<= 8 bits), got None")
@@ -239,3 +244,63 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fp32": dict(_FLOAT),
     "int8": {"arithmetic": "int8"},
 }
+
+
+def config_of(model: nn.Module) -> WAGEUBNConfig:
+    """The ``WAGEUBNConfig`` of a model converted by ``quantize_``: the one its quantized layers hold.
+
+    The layers are the only owners of the config (each has ``.config``); this checks that they all
+    agree. Raises ``ValueError`` for a model with no quantized layer (never converted, or every
+    module excluded by ``filter_fn``) and for layers that disagree (naming them: convert the whole
+    model with one ``quantize_(model, config)`` call).
+    """
+    found = config_or_none(model)
+    if found is None:
+        raise ValueError(
+            f"config_of: the {type(model).__name__} has no quantized layer (no wageubn.nn module); "
+            "convert it first with quantize_(model, config)"
+        )
+    return found
+
+
+def config_or_none(model: nn.Module) -> WAGEUBNConfig | None:
+    """``config_of(model)``, or ``None`` for a model without quantized layers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"config_of: model must be an nn.Module, got {type(model).__name__}")
+    layers = [(name or "the model", cast(_Layer, m).config) for name, m in quantized_layers(model)]
+    if not layers:
+        return None
+    groups: list[tuple[WAGEUBNConfig, list[str]]] = []  # distinct configs, in network order
+    for name, c in layers:
+        for held, names in groups:
+            if held == c:
+                names.append(name)
+                break
+        else:
+            groups.append((c, [name]))
+    if len(groups) > 1:
+        first = groups[0][0]
+
+        def who(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+        others = "; ".join(
+            f"{who(names)} hold {c.name!r} with {_config_diff(first, c)}" for c, names in groups[1:]
+        )
+        raise ValueError(
+            f"config_of: the quantized layers disagree: {who(groups[0][1])} hold {first.name!r}; "
+            f"{others}; convert the model with one quantize_(model, config) call"
+        )
+    return layers[0][1]
+
+
+class _Layer(Protocol):
+    """A quantized layer, as far as its config goes (``wageubn.core.roles.QuantModule``)."""
+
+    config: WAGEUBNConfig
+
+
+def _config_diff(ref: WAGEUBNConfig, other: WAGEUBNConfig) -> str:
+    """``other``'s fields that differ from ``ref``'s, as ``name=value (not ref_value)``."""
+    a, b = ref.to_dict(), other.to_dict()
+    return ", ".join(f"{k}={b[k]!r} (not {a[k]!r})" for k in a if k != "name" and a[k] != b[k])

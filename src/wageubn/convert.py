@@ -28,6 +28,9 @@ Any other module that ``filter_fn`` selects has no quantized counterpart, and wi
 circular) or by a string (``"same"``) cannot run: ``quantize_`` raises one
 ``UnsupportedModuleError`` naming every such module (path, type, reason) before changing anything.
 Nothing is skipped silently.
+
+``config_of`` / ``config_or_none`` (the config a converted model's layers hold) live in
+``wageubn.config`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,15 +38,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
 
-from .config import WAGEUBNConfig
-from .core.roles import quantized_layers
+from .config import WAGEUBNConfig, config_of, config_or_none
 from .functional import FloatCall, plan_functional, undo_functional
 from .fuse import fuse_bn_relu_
-from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
+from .nn import QuantBatchNorm2d, QuantConv2d, QuantLayer, QuantLinear, QuantReLU
 from .nn.activations import QUANT_ACTIVATIONS
 from .nn.attention import QuantMultiheadAttention, attention_problem
 from .nn.blocks import QuantCNBlock
@@ -64,7 +67,7 @@ __all__ = [
     "to_float_",
 ]
 
-QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {
+QUANT_MODULES: dict[type[nn.Module], type[QuantLayer]] = {
     nn.Conv2d: QuantConv2d,
     nn.Conv1d: QuantConv1d,
     nn.Linear: QuantLinear,
@@ -83,7 +86,8 @@ module imported): importing wageubn imports no torchvision."""
 _FLOAT_OF = {q: f for f, q in QUANT_MODULES.items()}
 
 
-_OPTIONAL = {  # module that defines the float class -> (class name, quantized class)
+# module that defines the float class -> (class name, quantized class)
+_OPTIONAL: dict[str, list[tuple[str, type[QuantLayer]]]] = {
     "torchvision.models.convnext": [("LayerNorm2d", QuantLayerNorm2d), ("CNBlock", QuantCNBlock)],
     "torchvision.models.swin_transformer": [
         ("ShiftedWindowAttention", QuantShiftedWindowAttention),
@@ -145,6 +149,8 @@ own declares them as ``WAGEUBN_FLOAT_PARAMETERS = ("name", ...)``. Any other par
 without a quantized counterpart is an error."""
 
 FilterFn = Callable[[nn.Module, str], bool]
+
+_FLOAT_CALLS = "_wageubn_float_calls"  # the model attribute quantize_ leaves for float_calls
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +224,7 @@ def quantize_(
     # Every module is checked before anything is swapped: all problems are reported together and
     # a model that cannot be converted is left as it was.
     swaps: list[tuple[str, nn.Module]] = []
-    reconfigure: list[nn.Module] = []
+    reconfigure: list[QuantLayer] = []
     unsupported: list[str] = []
     inside: list[str] = []  # modules converted as a whole (attention): their children come along
     for fqn, mod in model.named_modules():
@@ -230,7 +236,7 @@ def quantize_(
             problem = _problem(mod, config)
             if problem:
                 unsupported.append(f"{fqn or 'the model'} {problem}")
-            reconfigure.append(mod)
+            reconfigure.append(cast(QuantLayer, mod))
             if getattr(type(mod), "OWNS_CHILDREN", False):
                 inside.append(fqn)
             continue
@@ -282,77 +288,24 @@ def quantize_(
         _snap_to_grid(new, config)
     if functional:
         plan.apply(config)
-    model._wageubn_float_calls = plan.float_calls + (
+    calls = plan.float_calls + (
         [] if functional else
         [FloatCall(rw.path, call, "activation", "functional=False: not quantized")
          for rw in plan.rewrites for call in rw.calls]
     )  # fmt: skip
-    _log_float_calls(model._wageubn_float_calls)
+    setattr(model, _FLOAT_CALLS, calls)  # an attribute of the model: float_calls(model) reads it
+    _log_float_calls(calls)
     fuse_bn_relu_(model)  # speed and memory only: BN computes the ReLU after it where it may
     return model
-
-
-def config_of(model: nn.Module) -> WAGEUBNConfig:
-    """The ``WAGEUBNConfig`` of a model converted by ``quantize_``: the one its quantized layers hold.
-
-    The layers are the only owners of the config (each has ``.config``); this checks that they all
-    agree. Raises ``ValueError`` for a model with no quantized layer (never converted, or every
-    module excluded by ``filter_fn``) and for layers that disagree (naming them: convert the whole
-    model with one ``quantize_(model, config)`` call).
-    """
-    found = config_or_none(model)
-    if found is None:
-        raise ValueError(
-            f"config_of: the {type(model).__name__} has no quantized layer (no wageubn.nn module); "
-            "convert it first with quantize_(model, config)"
-        )
-    return found
-
-
-def config_or_none(model: nn.Module) -> WAGEUBNConfig | None:
-    """``config_of(model)``, or ``None`` for a model without quantized layers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"config_of: model must be an nn.Module, got {type(model).__name__}")
-    layers = [(name or "the model", m.config) for name, m in quantized_layers(model)]
-    if not layers:
-        return None
-    groups: list[tuple[WAGEUBNConfig, list[str]]] = []  # distinct configs, in network order
-    for name, c in layers:
-        for held, names in groups:
-            if held == c:
-                names.append(name)
-                break
-        else:
-            groups.append((c, [name]))
-    if len(groups) > 1:
-        first = groups[0][0]
-
-        def who(names: list[str]) -> str:
-            return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-
-        others = "; ".join(
-            f"{who(names)} hold {c.name!r} with {_config_diff(first, c)}" for c, names in groups[1:]
-        )
-        raise ValueError(
-            f"config_of: the quantized layers disagree: {who(groups[0][1])} hold {first.name!r}; "
-            f"{others}; convert the model with one quantize_(model, config) call"
-        )
-    return layers[0][1]
-
-
-def _config_diff(ref: WAGEUBNConfig, other: WAGEUBNConfig) -> str:
-    """``other``'s fields that differ from ``ref``'s, as ``name=value (not ref_value)``."""
-    a, b = ref.to_dict(), other.to_dict()
-    return ", ".join(f"{k}={b[k]!r} (not {a[k]!r})" for k in a if k != "name" and a[k] != b[k])
 
 
 def float_calls(model: nn.Module) -> list[FloatCall]:
     """What stays float in a model converted by ``quantize_``, beyond what the contract keeps float
     by module (stem, head): functional products and normalizations, softmax, residual sums,
     elementwise products, pooling, float parameters, modules ``torch.fx`` cannot trace."""
-    if not hasattr(model, "_wageubn_float_calls"):
+    if not hasattr(model, _FLOAT_CALLS):
         raise ValueError("float_calls: the model was not converted by quantize_")
-    return list(model._wageubn_float_calls)
+    return list(getattr(model, _FLOAT_CALLS))
 
 
 _LOUD = ("product", "activation", "normalization", "untraced", "other")
@@ -437,5 +390,5 @@ def to_float_(model: nn.Module) -> nn.Module:
         parent, name = _parent(model, fqn)
         setattr(parent, name, new)
     undo_functional(model)
-    model.__dict__.pop("_wageubn_float_calls", None)
+    model.__dict__.pop(_FLOAT_CALLS, None)
     return model

@@ -331,6 +331,7 @@ def _arg(node: fx.Node, names: tuple[str, ...], name: str, default):
 
 def _activation_module(node: fx.Node) -> tuple[type[nn.Module], dict] | None:
     """The quantized module (class, kwargs) that can stand for this call, or None."""
+    names: tuple[str, ...]
     if node.op == "call_method":
         kind, names = _METHOD_ACTIVATIONS.get(str(node.target), ""), ()
     else:
@@ -362,7 +363,8 @@ def _inplace_is_safe(node: fx.Node) -> bool:
     if not node.users:
         return False
     order = {n: i for i, n in enumerate(node.graph.nodes)}
-    src = node.args[0]
+    src = node.args[0]  # an fx.Node (checked by the caller)
+    assert isinstance(src, fx.Node)
     return all(order[u] < order[node] for u in src.users if u is not node)
 
 
@@ -376,7 +378,7 @@ def _install(mod: nn.Module, graphs: dict[bool, fx.Graph], added: list[str]) -> 
     def forward(self, *args, **kwargs):
         return (train_fn if self.training else eval_fn)(self, *args, **kwargs)
 
-    forward.graph_forwards = {True: train_fn, False: eval_fn}  # read by wageubn.fuse.Tracer
+    forward.graph_forwards = {True: train_fn, False: eval_fn}  # type: ignore[attr-defined]  # read by wageubn.fuse.Tracer
     mod.forward = types.MethodType(forward, mod)
     mod.__dict__[_MARK] = tuple(added)
 

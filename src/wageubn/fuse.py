@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import Any
 
 from torch import fx, nn
 
@@ -34,14 +35,16 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, module_qualified_name)
 
-    def trace(self, root, concrete_args=None):  # type: ignore[override]
+    def trace(self, root, concrete_args=None):
         # torch.fx traces type(root).forward; a root whose forward wageubn.functional rewrote
         # (an instance attribute) is traced through that rewritten forward instead, on a view of
         # the same module (shared __dict__: the same children, parameters and buffers)
         graphs = getattr(getattr(root, "__dict__", {}).get("forward"), "graph_forwards", None)
         if graphs is not None:
             cls = type(root)
-            view = object.__new__(type(cls.__name__, (cls,), {"forward": graphs[root.training]}))
+            view: Any = object.__new__(
+                type(cls.__name__, (cls,), {"forward": graphs[root.training]})
+            )
             view.__dict__ = root.__dict__
             root = view
         return super().trace(root, concrete_args)
@@ -75,8 +78,8 @@ def fuse_bn_relu_(model: nn.Module) -> int:
 
     Returns how many BNs were fused; 0 when the model cannot be traced."""
     bns = [m for m in model.modules() if isinstance(m, QuantBatchNorm2d)]
-    for bn in bns:
-        bn.fuse_relu(None)
+    for layer in bns:
+        layer.fuse_relu(None)
     if not bns:
         return 0
     try:

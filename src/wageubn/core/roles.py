@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -110,7 +110,7 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(qualified name, layer)`` of every quantized layer in ``model`` (``named_modules`` order)."""
     for name, module in model.named_modules():
         if isinstance(module, QuantModule):
-            yield name, module
+            yield name, cast(nn.Module, module)  # a QuantModule is always an nn.Module too
 
 
 class LiveRole(NamedTuple):
@@ -118,7 +118,7 @@ class LiveRole(NamedTuple):
 
     parameter: weakref.ReferenceType[torch.Tensor]
     role: str
-    layer: weakref.ReferenceType[nn.Module]
+    layer: weakref.ReferenceType[QuantModule]
 
 
 def live_roles(params: Iterable[torch.Tensor] | None = None) -> dict[int, LiveRole]:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
 from . import cifar, fashion_mnist, imagefolder, mnist
-from .loader import Batches, CorruptDataError, DatasetNotFoundError, InMemoryDataset, derive_seed
+from .files import CorruptDataError, DatasetNotFoundError
+from .inmemory import InMemoryDataset
+from .loader import Batches, derive_seed
 from .transforms import MEAN_STD
 
 __all__ = [
@@ -61,8 +64,10 @@ def load_dataset(
     *,
     augment: bool = False,
     image_size: int | None = None,
-) -> Dataset:
-    """Data set ``name``'s ``split`` read from ``root`` (each data set's default when None).
+) -> Any:
+    """Data set ``name``'s ``split`` read from ``root`` (each data set's default when None): a
+    torch ``Dataset`` with ``num_classes``, ``input_shape``, ``name`` and ``split`` (typed ``Any``:
+    the in-memory sets also have ``images``, ``labels`` and ``batch``, imagefolder ``get``).
 
     ``augment`` turns on the data set's training augmentation (CIFAR: pad-4 random crop + flip;
     imagefolder: random resized crop + flip; MNIST, Fashion-MNIST: none). ``image_size`` resizes

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loader import DatasetNotFoundError, InMemoryDataset, load_pickle
+from .files import DatasetNotFoundError, load_pickle
+from .inmemory import InMemoryDataset
 from .transforms import MEAN_STD
 
 __all__ = ["SPLITS", "load_cifar10", "load_cifar100", "read_batch"]

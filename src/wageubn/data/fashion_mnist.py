@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loader import DatasetNotFoundError, InMemoryDataset, read_gzip
+from .files import DatasetNotFoundError, read_gzip
+from .inmemory import InMemoryDataset
 from .transforms import MEAN_STD
 
 __all__ = ["CLASSES", "DEFAULT_ROOT", "SPLITS", "load", "parse_idx", "read_idx"]

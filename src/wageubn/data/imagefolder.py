@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .loader import CorruptDataError, DatasetNotFoundError
+from .files import CorruptDataError, DatasetNotFoundError
 from .transforms import MEAN_STD, ImageNetEval, ImageNetTrain
 
 __all__ = ["EXTENSIONS", "ImageFolder", "load"]

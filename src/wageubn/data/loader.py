@@ -1,4 +1,5 @@
-"""Plumbing shared by every data set, and `Batches`: a resumable, deterministic batch stream.
+"""`Batches`: a resumable, deterministic batch stream over any data set, and `derive_seed`, the
+one source of its randomness.
 
 Determinism contract (docs/data.md, "Determinism and resume"):
 
@@ -18,19 +19,17 @@ Determinism contract (docs/data.md, "Determinism and resume"):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import math
-import pickle
-import zlib
-from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import transforms
+# re-exported: the data sets' shared plumbing lived here before it had modules of its own
+from .files import CorruptDataError, DatasetNotFoundError, load_pickle, read_gzip
+from .inmemory import InMemoryDataset
 
 __all__ = [
     "Batches",
@@ -43,81 +42,6 @@ __all__ = [
 ]
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are not where we looked; the one-line message says how to get them."""
-
-
-class CorruptDataError(ValueError):
-    """A data file that cannot be decoded (e.g. one image of an ImageFolder); the one-line message
-    names the file."""
-
-
-def read_gzip(path: Path) -> bytes:
-    """The decompressed bytes of ``path``; a truncated or non-gzip file is a ValueError."""
-    try:
-        with gzip.open(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise ValueError(
-            f"{path}: not a valid gzip file ({type(e).__name__}: {e}); delete it and get it again"
-        ) from e
-
-
-def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
-    import numpy as np
-
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy < 2
-        from numpy.core import multiarray  # type: ignore[no-redef]
-    import _codecs
-
-    allowed = {"_reconstruct": multiarray._reconstruct, "scalar": multiarray.scalar}
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _codecs.encode,
-    }
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        for name, obj in allowed.items():
-            table[(module, name)] = obj
-    return table
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only builtins and numpy arrays: a data file cannot run code when it is loaded."""
-
-    def __init__(self, file: BinaryIO, path: Path) -> None:
-        super().__init__(file, encoding="latin1")  # Python 2 pickles (MNIST, CIFAR) hold str bytes
-        self.path, self.table = path, _numpy_pickle_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.table[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"{self.path}: refusing to load {module}.{name}; only numpy arrays are allowed"
-            ) from None
-
-
-def load_pickle(file: BinaryIO, path: Path) -> Any:
-    """Unpickle a data file that holds only builtins and numpy arrays; anything else, or a
-    truncated or corrupt stream, is a ValueError naming ``path``."""
-    try:
-        return _ArrayUnpickler(file, path).load()
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        OSError,
-        zlib.error,
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-    ) as e:
-        raise ValueError(f"{path}: not a valid data pickle ({type(e).__name__}: {e})") from e
-
-
 def derive_seed(*keys: int | str) -> int:
     """A 63-bit seed from ``keys``, stable across runs, platforms and Python versions (BLAKE2b)."""
     digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
@@ -126,93 +50,6 @@ def derive_seed(*keys: int | str) -> int:
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-class InMemoryDataset(Dataset):
-    """A whole split held as ``images`` uint8 (N, C, H, W) and ``labels`` int64 (N,).
-
-    ``batch(indices, generator=)`` is the fast path: one gather, the vectorized augmentation when
-    ``augment`` is set (random crop from a zero-padded image with ``pad_crop`` pixels per side, and
-    a horizontal flip with probability 1/2 when ``hflip``), an optional bilinear resize to
-    ``image_size``, then ``(x / 255 - mean) / std`` in float32. ``ds[i]`` is ``batch([i])`` with
-    torch's global RNG; use ``batch`` or `Batches` for reproducible augmentation.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        split: str,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        augment: bool = False,
-        pad_crop: int = 0,
-        hflip: bool = False,
-        image_size: int | None = None,
-    ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
-                f"{name}: images must be uint8 (N, C, H, W), got {images.dtype} "
-                f"{tuple(images.shape)}"
-            )
-        if labels.shape != (images.shape[0],):
-            raise ValueError(
-                f"{name}: {images.shape[0]} images but labels of shape {tuple(labels.shape)}"
-            )
-        native = images.shape[-1]
-        if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
-            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
-        self.name, self.split = name, split
-        self.images = images  # (N, C, H, W) uint8
-        self.labels = labels.to(torch.int64)  # (N,) int64
-        self.num_classes = num_classes
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.augment = bool(augment)
-        self.pad_crop, self.hflip = pad_crop, hflip
-        self.image_size = native if image_size is None else image_size
-        self.input_shape = (images.shape[1], self.image_size, self.image_size)
-
-    @property
-    def augmentation(self) -> str:
-        """The training augmentation this data set applies when ``augment=True``, in words."""
-        parts = [f"random-crop(pad={self.pad_crop})"] if self.pad_crop else []
-        parts += ["hflip"] if self.hflip else []
-        return "+".join(parts) or "none"
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, y = self.batch(torch.tensor([index]))
-        return x[0], int(y[0])
-
-    def batch(
-        self, indices: torch.Tensor | Sequence[int], generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)``: x float32 (B, C, H, W) normalized, y int64 (B,). Draws only from
-        ``generator`` (torch's global RNG when None), and only when ``augment`` is set."""
-        idx = torch.as_tensor(indices, dtype=torch.int64)
-        if idx.ndim != 1:
-            raise ValueError(
-                f"{self.name}.batch: indices must be 1-D, got shape {tuple(idx.shape)}"
-            )
-        x = self.images[idx]  # (B, C, H, W) uint8
-        if self.augment and (self.pad_crop or self.hflip):
-            x = transforms.random_crop_flip(x, self.pad_crop, self.hflip, generator=generator)
-        x = x.to(torch.float32).div_(255.0)
-        if self.image_size != x.shape[-1]:
-            x = transforms.resize_batch(x, self.image_size)
-        return transforms.normalize(x, self.mean, self.std, inplace=True), self.labels[idx]
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}, "
-            f"input_shape={self.input_shape}, augment={self.augment})"
-        )
 
 
 class _SeededSamples(Dataset):

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loader import DatasetNotFoundError, InMemoryDataset, load_pickle
+from .files import DatasetNotFoundError, load_pickle
+from .inmemory import InMemoryDataset
 from .transforms import MEAN_STD
 
 __all__ = ["SPLITS", "default_path", "load"]

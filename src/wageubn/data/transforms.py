@@ -139,7 +139,7 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) == (w, h):
         return img
-    return img.resize((new_w, new_h), Image.BILINEAR)
+    return img.resize((new_w, new_h), Image.BILINEAR)  # type: ignore[attr-defined]  # pillow>=9 has it
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -169,10 +169,11 @@ class ImageNetTrain:
             img.height, img.width, self.scale, self.ratio, generator
         )
         img = img.crop((left, top, left + w, top + h)).resize(
-            (self.size, self.size), Image.BILINEAR
+            (self.size, self.size),
+            Image.BILINEAR,  # type: ignore[attr-defined]  # as above
         )
         if torch.rand(1, generator=generator).item() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)  # type: ignore[attr-defined]  # as above
         return normalize(pil_to_tensor(img).float().div_(255.0), self.mean, self.std)
 
 

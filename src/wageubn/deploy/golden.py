@@ -22,7 +22,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -166,11 +166,14 @@ def _capture(model: nn.Module, rec: _Recorder, params: dict) -> Iterator[_Taps]:
                 if ex is None:
                     rec.floats(f"{name}.Z", out)
                 else:
-                    rec.codes(f"{name}.Z", out, ex + 1 - cfg.weight, 32)
+                    rec.codes(f"{name}.Z", out, ex + 1 - cast(int, cfg.weight), 32)
             elif isinstance(mod, (nn.Conv2d, nn.Linear)):
                 rec.floats(f"{name}.Z", out)
             elif isinstance(mod, QuantBatchNorm2d):
-                e = min(1 - cfg.bn_xhat + 1 - cfg.bn_gamma, 1 - cfg.bn_beta)
+                xhat, gamma, beta = cast(
+                    tuple[int, int, int], (cfg.bn_xhat, cfg.bn_gamma, cfg.bn_beta)
+                )
+                e = min(1 - xhat + 1 - gamma, 1 - beta)
                 rec.codes(f"{name}.y", out, e, 32)
 
         return hook
@@ -190,9 +193,10 @@ def _capture(model: nn.Module, rec: _Recorder, params: dict) -> Iterator[_Taps]:
 
 def _input_exponent(x: torch.Tensor, cfg: WAGEUBNConfig) -> int | None:
     """The exponent of a quantized layer's input A (None: a float input, e.g. the image)."""
+    bits = cast(int, cfg.activation)  # dump_step records quantized models: A is set
     if cfg.arithmetic == "int8":
-        return fit_exponent(x.detach(), cfg.activation)
-    e = 1 - cfg.activation
+        return fit_exponent(x.detach(), bits)
+    e = 1 - bits
     scaled = x.detach().double() * 2.0**-e
     return e if bool((scaled == scaled.round()).all()) else None
 
@@ -295,10 +299,13 @@ def _state(model, opt, rec: _Recorder, params, tag: str) -> None:
             else:
                 rec.floats(f"{prefix}.momentum", buf)
     for mname, mod in model.named_modules():
-        if isinstance(mod, nn.BatchNorm2d) and mod.running_mean is not None:
-            rec.floats(f"{mname}.running_mean.{tag}", mod.running_mean)
-            rec.floats(f"{mname}.running_var.{tag}", mod.running_var)
-            rec.raw(f"{mname}.num_batches_tracked.{tag}.int64", mod.num_batches_tracked)
+        if not isinstance(mod, nn.BatchNorm2d):
+            continue
+        mean, var, count = mod.running_mean, mod.running_var, mod.num_batches_tracked
+        if mean is not None and var is not None and count is not None:  # tracked: all three
+            rec.floats(f"{mname}.running_mean.{tag}", mean)
+            rec.floats(f"{mname}.running_var.{tag}", var)
+            rec.raw(f"{mname}.num_batches_tracked.{tag}.int64", count)
 
 
 def dump_step(

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -300,7 +300,7 @@ class IntegerModel:
                 check_int64(max_abs(part) << shift, node["name"])
                 part = part << shift
             acc = part if acc is None else acc + part
-        return acc
+        return cast(torch.Tensor, acc)  # at least one plane and one digit
 
     def _op_linear(self, node: dict, x: Scaled) -> Scaled:
         if node["input_fit"]:
@@ -340,6 +340,7 @@ class IntegerModel:
             if ratios[c] != 1:
                 t = t * ratios[c]
             total = t if total is None else total + t
+        total = cast(torch.Tensor, total)  # at least one channel
         return self._add_bias(node, Scaled(total, base * Fraction(2) ** node["w_exp"]))
 
     def _stem_constants(self, node: dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -103,10 +104,13 @@ def _compare(path, model, tensors, meta, config, opt_cfg, strict: bool) -> dict:
         for mname, mod in model.named_modules():
             for pname, p in mod.named_parameters(recurse=False):
                 p.copy_(_decode(tensors, meta, f"{param_prefix(mname, mod, pname)}.U0"))
-            if isinstance(mod, nn.BatchNorm2d) and mod.running_mean is not None:
-                mod.running_mean.copy_(tensors[f"{mname}.running_mean.U0.float32"])
-                mod.running_var.copy_(tensors[f"{mname}.running_var.U0.float32"])
-                mod.num_batches_tracked.copy_(tensors[f"{mname}.num_batches_tracked.U0.int64"])
+            if not isinstance(mod, nn.BatchNorm2d):
+                continue
+            mean, var, count = mod.running_mean, mod.running_var, mod.num_batches_tracked
+            if mean is not None and var is not None and count is not None:  # tracked: all three
+                mean.copy_(tensors[f"{mname}.running_mean.U0.float32"])
+                var.copy_(tensors[f"{mname}.running_var.U0.float32"])
+                count.copy_(tensors[f"{mname}.num_batches_tracked.U0.int64"])
     opt_cfg = {k: v for k, v in opt_cfg.items() if k in OPTIMIZER_KEYS}
     batch = (tensors["input.x.float32"], tensors["input.labels.int64"])
     again = record_step(model, batch, opt_cfg)
@@ -162,7 +166,7 @@ def _arithmetic_checks(tensors, meta, cfg: WAGEUBNConfig, opt_cfg, mismatches: l
         e_g = int(meta[f"{prefix}.G.exp"])
         if f"{prefix}.W.codes" in tensors:
             e_w = int(meta[f"{prefix}.W.exp"])
-            top = 2 ** (cfg.weight - 1) - 1
+            top = 2 ** (cast(int, cfg.weight) - 1) - 1  # W codes recorded: W is quantized
             w = _rne(u0, e_w - e_u).clamp(-top, top)
             count += 1
             if not torch.equal(w, tensors[f"{prefix}.W.codes"].to(torch.int64)):

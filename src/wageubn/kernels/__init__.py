@@ -12,36 +12,47 @@ int64 (docs/WAGEUBN.md §6):
 
 Backends: ``"reference"`` (int64 loops, the oracle, always present), ``"cpu"`` (oneDNN u8s8
 convolutions and ``torch._int_mm``), ``"cuda"`` (``torch._int_mm`` on im2col). ``"auto"`` picks
-by device and can be pinned with :func:`set_default_backend`. Importing this package compiles
-and probes nothing; the CPU backend checks its kernels' exactness on first use.
+by device and can be pinned with :func:`set_default_backend`. Each backend is a
+``KernelBackend`` object (``kernels/backend.py``, :func:`get_backend`) with one typed interface;
+the functions here check their arguments, choose the backend and call it. Importing this package
+compiles and probes nothing; the CPU backend checks its kernels' exactness on first use.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
-from types import ModuleType
 
 import torch
 
-from . import reference
+from .backend import (
+    BACKENDS,
+    ConvGeometry,
+    KernelBackend,
+    OutputSpec,
+    check_backend_name,
+    get_backend,
+)
 from .checks import (
     check_bound,
     check_codes,
     check_conv_shapes,
     check_exponent,
-    conv_params,
+    conv_geometry,
     full_size,
     same_device,
 )
 from .reference import Exponent, accumulator_dtype
 
 __all__ = [
+    "ConvGeometry",
+    "KernelBackend",
+    "OutputSpec",
     "accumulator_dtype",
     "available_backends",
     "conv2d_forward",
     "conv2d_input_grad",
     "conv2d_weight_grad",
+    "get_backend",
     "get_default_backend",
     "linear_forward",
     "linear_input_grad",
@@ -49,7 +60,6 @@ __all__ = [
     "set_default_backend",
 ]
 
-BACKENDS = ("reference", "cpu", "cuda")
 _default_backend = "auto"
 
 IntPair = int | Sequence[int]
@@ -58,28 +68,16 @@ IntPair = int | Sequence[int]
 # -------------------------------------------------------------------------------------- backends
 
 
-def _module(name: str) -> ModuleType:
-    if name == "reference":
-        return reference
-    if name == "cpu":
-        from . import cpu
-
-        return cpu
-    from . import cuda
-
-    return cuda
-
-
 def available_backends() -> list[str]:
     """Backends that work in this process: always ``"reference"``; ``"cpu"`` where its integer
     kernels pass the exactness probe; ``"cuda"`` where CUDA is available."""
-    return [name for name in BACKENDS if name == "reference" or _module(name).is_available()]
+    return [name for name in BACKENDS if name == "reference" or get_backend(name).is_available()]
 
 
 def set_default_backend(name: str) -> None:
     """Make ``name`` (``"auto"`` or a backend) what ``backend="auto"`` resolves to."""
     global _default_backend
-    _check_backend_name(name, allow_auto=True)
+    check_backend_name(name, allow_auto=True)
     _default_backend = name
 
 
@@ -88,25 +86,17 @@ def get_default_backend() -> str:
     return _default_backend
 
 
-def _check_backend_name(name: object, *, allow_auto: bool) -> None:
-    allowed = (("auto",) if allow_auto else ()) + BACKENDS
-    if not isinstance(name, str):
-        raise TypeError(f"backend must be a str, one of {allowed}; got {type(name).__name__}")
-    if name not in allowed:
-        close = difflib.get_close_matches(name, allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backend {name!r}: use one of {allowed}{hint}")
-
-
-def _resolve(backend: str, device: torch.device) -> ModuleType:
-    _check_backend_name(backend, allow_auto=True)
+def _resolve(backend: str, device: torch.device) -> KernelBackend:
+    """The backend object that runs a call on ``device`` (``"auto"``: the default, else by
+    device, the reference where the device's backend is unavailable)."""
+    check_backend_name(backend, allow_auto=True)
     name = _default_backend if backend == "auto" else backend
     if name == "auto":
         name = "cuda" if device.type == "cuda" else "cpu"
-        if not _module(name).is_available():
+        if not get_backend(name).is_available():
             name = "reference"
-    module = _module(name)
-    if name != "reference" and not module.is_available():
+    impl = get_backend(name)
+    if name != "reference" and not impl.is_available():
         raise ValueError(
             f"backend {name!r} is not available here (available: {available_backends()}); "
             "pass backend='reference' or 'auto'"
@@ -119,7 +109,7 @@ def _resolve(backend: str, device: torch.device) -> ModuleType:
         raise ValueError(
             f"backend 'cuda' got tensors on {device}; move them to CUDA or use backend='auto'"
         )
-    return module
+    return impl
 
 
 # ------------------------------------------------------------------------------------------ linear
@@ -144,10 +134,8 @@ def linear_forward(
             "x.shape[1] == w.shape[1] (w is (out_features, in_features))"
         )
     out_dtype = check_bound(fn, x.shape[1], x, w)
-    mod = _resolve(backend, same_device(fn, x, w))
-    return mod.linear_forward(
-        x, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
-    )
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return _resolve(backend, same_device(fn, x, w)).linear_forward(x, w, out=out)
 
 
 def linear_input_grad(
@@ -168,10 +156,8 @@ def linear_input_grad(
             f"{fn}: e is {tuple(e.shape)} and w is {tuple(w.shape)}; need e.shape[1] == w.shape[0]"
         )
     out_dtype = check_bound(fn, e.shape[1], e, w)
-    mod = _resolve(backend, same_device(fn, e, w))
-    return mod.linear_input_grad(
-        e, w, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
-    )
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return _resolve(backend, same_device(fn, e, w)).linear_input_grad(e, w, out=out)
 
 
 def linear_weight_grad(
@@ -193,10 +179,8 @@ def linear_weight_grad(
             "same number of rows (batch)"
         )
     out_dtype = check_bound(fn, e.shape[0], e, x)
-    mod = _resolve(backend, same_device(fn, e, x))
-    return mod.linear_weight_grad(
-        e, x, out_dtype=out_dtype, out_exponent=out_exponent, out_guard=out_guard
-    )
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return _resolve(backend, same_device(fn, e, x)).linear_weight_grad(e, x, out=out)
 
 
 # -------------------------------------------------------------------------------------------- conv
@@ -222,32 +206,12 @@ def conv2d_forward(
     check_codes(fn, "x", x, 4, True)
     check_codes(fn, "w", w, 4, False)
     check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
-    check_conv_shapes(
-        fn,
-        x.shape[0],
-        x.shape[1],
-        tuple(w.shape),
-        groups,
-        x.shape[2],
-        x.shape[3],
-        stride,
-        padding,
-        dilation,
-    )
+    geometry = conv_geometry(fn, stride, padding, dilation, groups)
+    check_conv_shapes(fn, x.shape[1], tuple(w.shape), x.shape[2], x.shape[3], geometry)
     out_dtype = check_bound(fn, w.shape[1] * w.shape[2] * w.shape[3], x, w)
-    mod = _resolve(backend, same_device(fn, x, w))
-    return mod.conv2d_forward(
-        x,
-        w,
-        stride,
-        padding,
-        dilation,
-        groups,
-        out_dtype=out_dtype,
-        out_exponent=out_exponent,
-        out_guard=out_guard,
-    )
+    impl = _resolve(backend, same_device(fn, x, w))
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return impl.conv2d_forward(x, w, geometry=geometry, out=out)
 
 
 def conv2d_input_grad(
@@ -270,30 +234,18 @@ def conv2d_input_grad(
     check_codes(fn, "e", e, 4, False)
     check_codes(fn, "w", w, 4, False)
     check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
-    size = full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * groups)
-    ho, wo = check_conv_shapes(
-        fn, size[0], size[1], tuple(w.shape), groups, size[2], size[3], stride, padding, dilation
-    )
+    geometry = conv_geometry(fn, stride, padding, dilation, groups)
+    size = full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * geometry.groups)
+    ho, wo = check_conv_shapes(fn, size[1], tuple(w.shape), size[2], size[3], geometry)
     if (e.shape[1], e.shape[2], e.shape[3]) != (w.shape[0], ho, wo):
         raise ValueError(
             f"{fn}: e has shape {tuple(e.shape)} but a conv of input {size} with "
             f"weight {tuple(w.shape)} gives ({size[0]}, {w.shape[0]}, {ho}, {wo})"
         )
-    out_dtype = check_bound(fn, (w.shape[0] // groups) * w.shape[2] * w.shape[3], e, w)
-    mod = _resolve(backend, same_device(fn, e, w))
-    return mod.conv2d_input_grad(
-        e,
-        w,
-        size,
-        stride,
-        padding,
-        dilation,
-        groups,
-        out_dtype=out_dtype,
-        out_exponent=out_exponent,
-        out_guard=out_guard,
-    )
+    out_dtype = check_bound(fn, (w.shape[0] // geometry.groups) * w.shape[2] * w.shape[3], e, w)
+    impl = _resolve(backend, same_device(fn, e, w))
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return impl.conv2d_input_grad(e, w, input_size=size, geometry=geometry, out=out)
 
 
 def conv2d_weight_grad(
@@ -316,43 +268,22 @@ def conv2d_weight_grad(
     check_codes(fn, "x", x, 4, True)
     check_codes(fn, "e", e, 4, False)
     check_exponent(fn, out_exponent, out_guard)
-    stride, padding, dilation, groups = conv_params(fn, stride, padding, dilation, groups)
+    geometry = conv_geometry(fn, stride, padding, dilation, groups)
     if (
         not isinstance(weight_size, Sequence)
         or len(weight_size) != 4
         or not all(isinstance(s, int) and s > 0 for s in weight_size)
     ):
         raise ValueError(f"{fn}: weight_size must be (O, C/groups, kh, kw), got {weight_size!r}")
-    weight_size = tuple(weight_size)
-    ho, wo = check_conv_shapes(
-        fn,
-        x.shape[0],
-        x.shape[1],
-        weight_size,
-        groups,
-        x.shape[2],
-        x.shape[3],
-        stride,
-        padding,
-        dilation,
-    )
-    if tuple(e.shape) != (x.shape[0], weight_size[0], ho, wo):
+    size = (weight_size[0], weight_size[1], weight_size[2], weight_size[3])
+    ho, wo = check_conv_shapes(fn, x.shape[1], size, x.shape[2], x.shape[3], geometry)
+    if tuple(e.shape) != (x.shape[0], size[0], ho, wo):
         raise ValueError(
             f"{fn}: e has shape {tuple(e.shape)}, expected "
-            f"({x.shape[0]}, {weight_size[0]}, {ho}, {wo}) for x {tuple(x.shape)} "
-            f"and weight {weight_size}"
+            f"({x.shape[0]}, {size[0]}, {ho}, {wo}) for x {tuple(x.shape)} "
+            f"and weight {size}"
         )
     out_dtype = check_bound(fn, e.shape[0] * ho * wo, x, e)
-    mod = _resolve(backend, same_device(fn, x, e))
-    return mod.conv2d_weight_grad(
-        x,
-        e,
-        weight_size,
-        stride,
-        padding,
-        dilation,
-        groups,
-        out_dtype=out_dtype,
-        out_exponent=out_exponent,
-        out_guard=out_guard,
-    )
+    impl = _resolve(backend, same_device(fn, x, e))
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return impl.conv2d_weight_grad(x, e, weight_size=size, geometry=geometry, out=out)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .backend import ConvGeometry
 from .reference import DOUBLE_EXACT, accumulator_bound, accumulator_dtype, conv_out_size
 
 __all__ = [
@@ -16,7 +17,7 @@ __all__ = [
     "check_codes",
     "check_conv_shapes",
     "check_exponent",
-    "conv_params",
+    "conv_geometry",
     "full_size",
     "pair",
     "same_device",
@@ -48,7 +49,7 @@ def pair(fn: str, name: str, v: object, minimum: int) -> tuple[int, int]:
         raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {v!r}")
     if min(pair) < minimum:
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def check_exponent(fn: str, out_exponent: object, out_guard: object = None) -> None:
@@ -84,12 +85,15 @@ def same_device(fn: str, a: torch.Tensor, b: torch.Tensor) -> torch.device:
     return a.device
 
 
-def conv_params(fn, stride, padding, dilation, groups):
+def conv_geometry(
+    fn: str, stride: object, padding: object, dilation: object, groups: object
+) -> ConvGeometry:
+    """The checked geometry of a conv call: stride, padding and dilation as pairs, groups."""
     if isinstance(padding, str):
         raise ValueError(f"{fn}: string padding {padding!r} is not supported; pass ints")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{fn}: groups must be a positive int, got {groups!r}")
-    return (
+    return ConvGeometry(
         pair(fn, "stride", stride, 1),
         pair(fn, "padding", padding, 0),
         pair(fn, "dilation", dilation, 1),
@@ -97,7 +101,17 @@ def conv_params(fn, stride, padding, dilation, groups):
     )
 
 
-def check_conv_shapes(fn, n_in, c_in, w_shape, groups, h, wd, stride, padding, dilation):
+def check_conv_shapes(
+    fn: str,
+    c_in: int,
+    w_shape: Sequence[int],
+    h: int,
+    wd: int,
+    geometry: ConvGeometry,
+) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a conv of a ``c_in`` × ``h`` × ``wd`` input with weights ``w_shape``;
+    ``ValueError`` when the channels and groups disagree or the kernel does not fit."""
+    stride, padding, dilation, groups = geometry
     o, cg, kh, kw = w_shape
     if c_in % groups or o % groups or cg * groups != c_in:
         raise ValueError(
@@ -122,4 +136,4 @@ def full_size(fn: str, name: str, size: object, n: int, c: int) -> tuple[int, in
         raise ValueError(
             f"{fn}: {name} must be (N, C, H, W) = ({n}, {c}, H, W) or (H, W), got {tuple(size)}"
         )
-    return tuple(size)  # type: ignore[return-value]
+    return size[0], size[1], size[2], size[3]

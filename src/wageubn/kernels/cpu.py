@@ -25,7 +25,7 @@ device-agnostic GEMM forms ``kernels.gemm_conv``; this module chooses between th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,6 +39,8 @@ from .gemm_conv import (
 )
 from .reference import (
     INT32_MAX,
+    Exponent,
+    Pair,
     code_max,
 )
 
@@ -132,8 +134,16 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
 
 
 def _implicit_weight_grad(
-    x, e, weight_size, padding, dilation, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    padding: Pair,
+    dilation: Pair,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Stride-1 weight gradient without im2col: for tap (i, j), the padded input flattened to
     rows and shifted by ``i·d·Wp + j·d`` rows lines up with the error placed on the padded grid
     (zeros elsewhere), so each tap is one GEMM on views; the zero rows add nothing."""
@@ -164,17 +174,38 @@ def _out_hw(x, w, stride, padding, dilation) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------ public
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x @ wᵀ by ``_int_mm`` (wᵀ is a view)."""
     return to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_input_grad(
+    e: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """e @ w by ``_int_mm``."""
     return to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
+def linear_weight_grad(
+    e: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """eᵀ @ x by ``_int_mm``; uint8 x goes first (``_int_mm`` takes uint8 only on the left)."""
     if x.dtype == torch.uint8:
         return to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
@@ -182,8 +213,17 @@ def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
 
 
 def conv2d_forward(
-    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """oneDNN u8·s8 convolution; im2col GEMM where no bound proves the oneDNN path exact."""
     # grouped convolutions with zero point 128 were wrong in oneDNN 3.12 even unpadded; so were
     # strided ones with an output 1 wide or high, grouped or not (found by tests/test_kernels.py's
@@ -224,8 +264,18 @@ def conv2d_forward(
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    e: torch.Tensor,
+    w: torch.Tensor,
+    input_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Phase-decomposed oneDNN convolution; 1×1 strided (and fallback) by GEMM + scatter."""
     one_by_one = w.shape[2] == w.shape[3] == 1
     # the error enters oneDNN with zero point 128, which grouped convolutions got wrong
@@ -260,8 +310,18 @@ def conv2d_input_grad(
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``_int_mm`` on im2col columns; the im2col-free form where it measured faster."""
     n, c, h, wd = x.shape
     _, _, ho, wo = e.shape

@@ -9,6 +9,8 @@ with int64 accumulation wherever int32 could overflow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +20,7 @@ from .gemm_conv import (
     gemm_conv2d_weight_grad,
     to_output,
 )
-from .reference import INT32_MAX
+from .reference import INT32_MAX, Exponent, Pair
 
 
 def is_available() -> bool:
@@ -49,24 +51,54 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
     return acc.to(out_dtype)
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """x @ wᵀ."""
     return to_output(_mm(x, w.t(), out_dtype), out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_input_grad(
+    e: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """e @ w."""
     return to_output(_mm(e, w, out_dtype), out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
+def linear_weight_grad(
+    e: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """eᵀ @ x, computed as (xᵀ @ e)ᵀ so uint8 x takes the shifted left operand."""
     return to_output(_mm(x.t(), e, out_dtype), out_exponent, out_guard).t().contiguous()
 
 
 def conv2d_forward(
-    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """im2col GEMM per group."""
     return gemm_conv2d_forward(
         x,
@@ -83,8 +115,18 @@ def conv2d_forward(
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    e: torch.Tensor,
+    w: torch.Tensor,
+    input_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """E @ W per group, then a per-tap scatter-add."""
     return gemm_conv2d_input_grad(
         e,
@@ -102,8 +144,18 @@ def conv2d_input_grad(
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """colsᵀ @ E per group."""
     return gemm_conv2d_weight_grad(
         x,

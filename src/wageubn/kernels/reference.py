@@ -11,6 +11,8 @@ accumulator (:func:`accumulator_dtype`) and how the ``out_exponent=`` mode round
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..quant.device import ldexp
@@ -20,6 +22,11 @@ FLOAT_EXACT = 2**24  # every integer of magnitude <= 2^24 is a float32
 DOUBLE_EXACT = 2**53  # every integer of magnitude <= 2^53 is a float64
 
 Pair = tuple[int, int]
+
+
+def is_available() -> bool:
+    """The reference backend works everywhere."""
+    return True
 
 
 def code_max(dtype: torch.dtype) -> int:
@@ -98,17 +105,38 @@ def _tap(k_index: int, d: int, s: int, n_out: int) -> slice:
 # ---------------------------------------------------------------------------------------- linear
 
 
-def linear_forward(x, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_forward(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(M, K) x (N, K) → (M, N) = x @ wᵀ in int64."""
     return finish(x.to(torch.int64) @ w.to(torch.int64).t(), out_dtype, out_exponent, out_guard)
 
 
-def linear_input_grad(e, w, *, out_dtype, out_exponent, out_guard=None):
+def linear_input_grad(
+    e: torch.Tensor,
+    w: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(M, N) e, (N, K) w → (M, K) = e @ w in int64."""
     return finish(e.to(torch.int64) @ w.to(torch.int64), out_dtype, out_exponent, out_guard)
 
 
-def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
+def linear_weight_grad(
+    e: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(M, N) e, (M, K) x → (N, K) = eᵀ @ x in int64."""
     return finish(e.to(torch.int64).t() @ x.to(torch.int64), out_dtype, out_exponent, out_guard)
 
@@ -117,8 +145,17 @@ def linear_weight_grad(e, x, *, out_dtype, out_exponent, out_guard=None):
 
 
 def conv2d_forward(
-    x, w, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(N, C, H, W) x, (O, C/g, kh, kw) w → (N, O, Ho, Wo), as ``F.conv2d``, int64 per tap."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -137,8 +174,18 @@ def conv2d_forward(
 
 
 def conv2d_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    e: torch.Tensor,
+    w: torch.Tensor,
+    input_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(N, O, Ho, Wo) e, (O, C/g, kh, kw) w → (N, C, H, W), as ``torch.nn.grad.conv2d_input``.
 
     Each tap scatter-adds ``e · w[:, :, i, j]`` into the padded input grid; the padding is then
@@ -160,8 +207,18 @@ def conv2d_input_grad(
 
 
 def conv2d_weight_grad(
-    x, e, weight_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
-):
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    groups: int,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(N, C, H, W) x, (N, O, Ho, Wo) e → (O, C/g, kh, kw), as ``torch.nn.grad.conv2d_weight``."""
     n, c, h, wd = x.shape
     _, o, ho, wo = e.shape

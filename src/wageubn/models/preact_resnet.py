@@ -95,7 +95,7 @@ class PreActResNet(nn.Module):
         super().__init__()
         if imagenet_stem:
             self.stem = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
-            self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+            self.pool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
         else:
             self.stem = _conv(in_channels, widths[0], 3)
             self.pool = nn.Identity()

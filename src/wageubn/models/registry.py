@@ -151,9 +151,10 @@ def _adapt_input_channels(model: nn.Module, name: str, in_channels: int) -> None
             f"model {name!r}: its first convolution {path} is grouped; it cannot be rebuilt for "
             f"{in_channels} input channels"
         )
+    # torch types a Conv2d's own kernel_size ... dilation as tuple[int, ...]; they are pairs
     new = nn.Conv2d(
-        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, 1, conv.bias is not None, conv.padding_mode,
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+        conv.dilation, 1, conv.bias is not None, conv.padding_mode,  # type: ignore[arg-type]
         device=conv.weight.device, dtype=conv.weight.dtype,
     )  # fmt: skip
     parent_path, _, attr = path.rpartition(".")

@@ -128,7 +128,7 @@ def quant_activation(
 
 class _Activation(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kind: ActivationKind, spec: ActivationSpec, obs):  # type: ignore[override]
+    def forward(ctx, x, kind: ActivationKind, spec: ActivationSpec, obs):
         y = kind.apply(x)
         bits = spec.activation
         codes = None
@@ -140,7 +140,7 @@ class _Activation(torch.autograd.Function):
         else:
             a = device.q_direct(y, bits)
         a = a.detach() if a._is_view() else a  # a tensor of its own: callers may modify it in place
-        if codes is not None and kind.nonneg:
+        if codes is not None and bits is not None and kind.nonneg:  # (codes: bits is set)
             attach_codes(a, codes, e, guard, bits)
         if obs is not None and bits is not None:
             obs("A", y.detach(), a.detach(), spec.a_kind, bits)
@@ -149,7 +149,7 @@ class _Activation(torch.autograd.Function):
         return a
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         (saved,) = ctx.saved_tensors
@@ -212,7 +212,7 @@ class QuantLeakyReLU(QuantActivation, nn.LeakyReLU):
     ARGS = ("negative_slope", "inplace")
 
     @property
-    def kind(self) -> ActivationKind:
+    def kind(self) -> ActivationKind:  # type: ignore[override]  # per instance: the slope
         return ActivationKind("leaky_relu", slope=float(self.negative_slope))
 
 
@@ -248,7 +248,7 @@ class QuantGELU(QuantActivation, nn.GELU):
     ARGS = ("approximate",)
 
     @property
-    def kind(self) -> ActivationKind:
+    def kind(self) -> ActivationKind:  # type: ignore[override]  # per instance: the approximation
         return ActivationKind("gelu", approximate=self.approximate)
 
 

@@ -23,6 +23,7 @@ all ``None`` (``fp32``) the module runs ``nn.MultiheadAttention.forward``, bit f
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,13 +69,14 @@ class QuantMultiheadAttention(QuantModule, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with quantized projections and attention products."""
 
     OWNS_CHILDREN = True  # quantize_ converts out_proj with it (and back with to_float)
+    # (1) torch declares out_proj a NonDynamicallyQuantizableLinear; here it is a QuantLinear
     PARAM_ROLES = {r: "weight" for r in ("in_proj_weight", "q_proj_weight", "k_proj_weight",
                                          "v_proj_weight")}  # fmt: skip
 
     def __init__(self, *args, config: WAGEUBNConfig | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = _check_config(config or WAGEUBNConfig())
-        self.out_proj = QuantLinear.from_float(self.out_proj, self.config)
+        self.out_proj = QuantLinear.from_float(self.out_proj, self.config)  # type: ignore[assignment]  # (1)
 
     @property
     def config(self) -> WAGEUBNConfig:
@@ -84,13 +86,13 @@ class QuantMultiheadAttention(QuantModule, nn.MultiheadAttention):
     def config(self, config: WAGEUBNConfig) -> None:
         self.__dict__["_config"] = config
         if isinstance(self.__dict__.get("_modules", {}).get("out_proj"), QuantLinear):
-            self.out_proj.config = config
+            cast(QuantLinear, self.out_proj).config = config
 
     @classmethod
     def from_float(cls, mod: nn.MultiheadAttention, config: WAGEUBNConfig):
         """A quantized attention holding ``mod``'s parameters (the same objects)."""
         new = swap_module(mod, cls, _mha_args(mod), config=config)
-        new.out_proj = QuantLinear.from_float(mod.out_proj, config)
+        new.out_proj = QuantLinear.from_float(mod.out_proj, config)  # type: ignore[assignment]  # (1)
         return new
 
     def to_float(self) -> nn.MultiheadAttention:
@@ -210,7 +212,7 @@ class _Int8Bmm(torch.autograd.Function):
     backward: E2 planes of ``dL/dz``, ``da = E2·c`` and ``dc = E2ᵀ·a``, each an integer product."""
 
     @staticmethod
-    def forward(ctx, a, c, config, obs):  # type: ignore[override]
+    def forward(ctx, a, c, config, obs):
         bits = config.activation
         ca = operand_codes(a, bits)  # (B, M, K) int8
         cc = operand_codes(c, bits)  # (B, N, K) int8
@@ -234,7 +236,7 @@ class _Int8Bmm(torch.autograd.Function):
         return z
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         a_codes, c_codes, ea, ec = ctx.saved_tensors
         nonneg, config, obs = ctx.meta
         bits, be = config.error2, config.int8_backend

@@ -12,6 +12,8 @@ module that defines the float block has been imported (the block can only occur 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ class QuantCNBlock(QuantModule, nn.Module):
         self.config = _check_config(config or WAGEUBNConfig())
 
     @classmethod
-    def from_float(cls, mod: nn.Module, config: WAGEUBNConfig) -> QuantCNBlock:
+    def from_float(cls, mod: Any, config: WAGEUBNConfig) -> QuantCNBlock:  # torchvision's CNBlock
         """A quantized block holding ``mod``'s parameter and children (the same objects)."""
         new = cls(mod.layer_scale, mod.block, mod.stochastic_depth, config=config)
         return new.train(mod.training)

@@ -15,6 +15,8 @@ A conv/linear bias (absent from the released models) is not part of the contract
 
 from __future__ import annotations
 
+from typing import Any, Protocol, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +29,23 @@ from .activation import ActivationSpec, Layout, activated_by, attach_codes
 from .fused import relu_backward, relu_forward
 from .quantizers import error2, weight_q
 
-__all__ = ["QuantConv2d", "QuantLinear", "QuantReLU"]
+__all__ = ["QuantConv2d", "QuantLayer", "QuantLinear", "QuantReLU"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class QuantLayer(Protocol):
+    """What every quantized layer of ``wageubn.nn`` has (a ``QuantModule`` and an
+    ``nn.Module``): its ``WAGEUBNConfig`` and the swaps from and to its ``torch.nn`` class, which
+    hand over the same parameter objects. ``wageubn.convert.QUANT_MODULES`` maps each float
+    class to one."""
+
+    config: WAGEUBNConfig
+
+    @classmethod
+    def from_float(cls, mod: Any, config: WAGEUBNConfig) -> nn.Module: ...
+
+    def to_float(self) -> nn.Module: ...
 
 
 def _check_config(config: object) -> WAGEUBNConfig:
@@ -61,7 +79,7 @@ def _linear_args(mod: nn.Linear) -> dict:
     }
 
 
-def swap_module(src: nn.Module, dst_cls: type[nn.Module], args: dict, **extra) -> nn.Module:
+def swap_module(src: nn.Module, dst_cls: type[M], args: dict[str, Any], **extra: Any) -> M:
     """A ``dst_cls(**args)`` holding ``src``'s parameter and buffer objects (built on the meta
     device: nothing is allocated or copied). The parameters' optimizer roles are now those
     ``dst_cls`` declares (``wageubn.core.roles``): a quantized ``src`` is released."""
@@ -188,7 +206,7 @@ class _ReLU(torch.autograd.Function):
     """ReLU + A forward, E1 + mask backward, each one fused kernel (see ``QuantReLU``)."""
 
     @staticmethod
-    def forward(ctx, x, spec: ActivationSpec, obs):  # type: ignore[override]
+    def forward(ctx, x, spec: ActivationSpec, obs):
         layout = Layout.of(x)
         xf = layout.flat(x)
         n = xf.numel()
@@ -205,7 +223,7 @@ class _ReLU(torch.autograd.Function):
         return a
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         (packed,) = ctx.saved_tensors
         spec, layout = ctx.spec, ctx.layout
         gf = layout.flat(layout.match(g))

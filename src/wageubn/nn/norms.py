@@ -93,7 +93,7 @@ def normalize(
 
 class _Norm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, gamma, beta, dims, spec: NormSpec, obs):  # type: ignore[override]
+    def forward(ctx, x, gamma, beta, dims, spec: NormSpec, obs):
         m = math.prod(x.shape[d] for d in dims)
         xd = x.to(torch.float64)
         mean64 = xd.sum(dims, keepdim=True) / m
@@ -128,7 +128,7 @@ class _Norm(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx, g):
         x, mean, std, mu_q, sigma_q, gamma_q = ctx.saved_tensors
         dims, m = ctx.dims, ctx.m
         t = (x - mu_q) / sigma_q  # recomputed: the same float32 operations as the forward
@@ -283,7 +283,8 @@ class QuantBatchNorm1d(QuantBatchNorm2d, nn.BatchNorm1d):
 
     @classmethod
     def from_float(cls, mod: nn.BatchNorm1d, config: WAGEUBNConfig) -> QuantBatchNorm1d:  # type: ignore[override]
-        return swap_module(mod, cls, _bn_args(mod), config=config)
+        # _bn_args (nn/batchnorm.py) reads what every BatchNorm has; it is annotated BatchNorm2d
+        return swap_module(mod, cls, _bn_args(mod), config=config)  # type: ignore[arg-type]
 
     def to_float(self) -> nn.BatchNorm1d:  # type: ignore[override]
         return swap_module(self, nn.BatchNorm1d, _bn_args(self))

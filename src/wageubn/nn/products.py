@@ -155,13 +155,13 @@ class _Int8Embedding(torch.autograd.Function):
     """Gather forward; backward: E2 planes summed into the rows as integers (exact)."""
 
     @staticmethod
-    def forward(ctx, idx, w, padding_idx, bits, obs):  # type: ignore[override]
+    def forward(ctx, idx, w, padding_idx, bits, obs):
         ctx.save_for_backward(idx)
         ctx.meta = (w.shape, padding_idx, bits, obs)
         return F.embedding(idx, w)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         (idx,) = ctx.saved_tensors
         shape, padding_idx, bits, obs = ctx.meta
         if not ctx.needs_input_grad[1]:

@@ -43,6 +43,16 @@ class QuantShiftedWindowAttention(QuantModule, nn.Module):
     FLOAT_NAME = "ShiftedWindowAttention"
     LOGIT_SCALE = False  # V2: cosine attention with a learned temperature
 
+    # torchvision's settings and children, given by ``from_float`` (``_take``): types only
+    window_size: list[int]
+    shift_size: list[int]
+    num_heads: int
+    attention_dropout: float
+    dropout: float
+    qkv: nn.Linear
+    proj: nn.Linear
+    logit_scale: torch.Tensor  # V2 only
+
     def __init__(self, *, config: WAGEUBNConfig | None = None) -> None:
         super().__init__()
         self.config = _check_config(config or WAGEUBNConfig())
@@ -86,7 +96,7 @@ class QuantShiftedWindowAttention(QuantModule, nn.Module):
         nw = (ph // ws[0]) * (pw // ws[1])
         x = x.view(b, ph // ws[0], ws[0], pw // ws[1], ws[1], c)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(b * nw, ws[0] * ws[1], c)  # (B·nW, N, C)
-        bias = self.qkv.bias
+        bias: torch.Tensor | None = self.qkv.bias
         if self.LOGIT_SCALE and bias is not None:  # V2: no key bias
             bias = torch.cat([bias[:c], torch.zeros_like(bias[c : 2 * c]), bias[2 * c :]])
         qkv = quant_linear(x, self.qkv.weight, bias, cfg, obs)

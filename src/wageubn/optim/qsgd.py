@@ -21,6 +21,11 @@ the param-group key ``grad_range`` and can be scheduled like ``lr``.
 
 With the ``fp32`` preset the arithmetic is that of ``torch.optim.SGD(momentum, weight_decay)``
 (dampening 0, no Nesterov) bit for bit.
+
+This module owns the optimizer: its arguments, roles, state and the per-parameter update; the
+fused update of quantized parameters is ``optim/update.py``, ``QC(lr)`` is ``optim/lr.py``, the
+checks before a step (finite gradients, the generator's device) are ``optim/guards.py`` and the
+param groups by role and the config check are ``optim/groups.py``.
 """
 
 from __future__ import annotations
@@ -30,61 +35,22 @@ import warnings
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from ..config import WAGEUBNConfig
-from ..convert import config_of
+from ..config import WAGEUBNConfig, config_of
 from ..core import roles as param_roles
 from ..core.observe import tap
 from ..quant import check_grad_range, device
 from .groups import check_agrees, config_for, listed, param_groups, tensors_of
-from .update import fused_update
+from .guards import check_finite_grads, check_generator_device
+from .lr import qc_lr, quantized_lr
+from .update import buckets, fused_update
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
 
 ROLES = param_roles.PARAMETER_ROLES
-
-
-def _qc_lr(lr: float, bits: int) -> float:
-    """``QC(lr, k)`` in Python floats (exact: ``lr·2^(k−1)`` is exact in a double, ``round`` is
-    half-to-even, and the limit ``1 − 2^(1−k)`` is a double for k <= 53)."""
-    limit = 1.0 - 2.0 ** (1 - bits)
-    q = round(float(lr) * 2.0 ** (bits - 1)) * 2.0 ** (1 - bits)
-    return max(-limit, min(limit, q))
-
-
-def _buckets(n: int) -> list[int]:
-    """``n`` as parts of 8, then one each of 4, 2, 1 as needed (``_buckets(13) == [8, 4, 1]``)."""
-    parts = [8] * (n // 8)
-    for size in (4, 2, 1):
-        if n % 8 & size:
-            parts.append(size)
-    return parts
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
-
-
-def quantized_lr(lr: float, config: WAGEUBNConfig) -> float:
-    """``QC(lr, k_LR)`` as a Python float; raises ``ValueError`` when a non-zero ``lr`` rounds to 0.
-
-    This is the check for a configured (base) learning rate; a *scheduled* lr that decays to a
-    value quantizing to 0 is not an error in ``QSGD.step`` (it warns once and applies no update).
-    """
-    if config.lr is None:
-        return float(lr)
-    q = _qc_lr(lr, config.lr)
-    if q == 0.0 and lr != 0:
-        step = 2.0 ** (1 - config.lr)
-        raise ValueError(
-            f"lr={lr!r} quantizes to 0 with {config.lr} lr bits (step {step:g}); "
-            f"use lr >= {step / 2:g} or more lr bits (WAGEUBNConfig(lr=...)); the released recipe "
-            "decays the gradient range dr instead of the lr"
-        )
-    return q
 
 
 class QSGD(torch.optim.Optimizer):
@@ -226,8 +192,9 @@ class QSGD(torch.optim.Optimizer):
             self._roles.update((pid, (e.parameter, e.role)) for pid, e in found.items())
         self._roles_at = param_roles.generation()
 
+    # the override differs from torch's stub only in the closure's loss: a Tensor, not a float
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         """One update of every parameter with a gradient (the module docstring's order).
 
         First one check that every gradient is finite — the step's only read of a device value —
@@ -238,7 +205,7 @@ class QSGD(torch.optim.Optimizer):
                 loss = closure()
         cfg = self.config
         self._check_roles()
-        self._check_finite()
+        check_finite_grads(self.param_groups, self.role_of)
         for group in self.param_groups:
             lr_q = self._step_lr(group["lr"])
             dr = check_grad_range(group["grad_range"])
@@ -257,9 +224,9 @@ class QSGD(torch.optim.Optimizer):
                 if wd != 0 and (role != "bn" or group["bn_weight_decay"]):
                     g = g.add(p, alpha=wd)
                 g_q = self._quantize_grad(g, role, dr)
-                if obs is not None and g_q is not g:
+                if obs is not None and g_q is not g:  # G was quantized: its bits are set
                     kind, bits = ("CQ", cfg.grad) if role == "weight" else ("Q", cfg.bn_grad)
-                    obs("G", g, g_q, kind, bits, dr=dr)
+                    obs("G", g, g_q, kind, cast(int, bits), dr=dr)
                 g = g_q
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
@@ -280,8 +247,8 @@ class QSGD(torch.optim.Optimizer):
                         buf.copy_(acc_q)
                     if cfg.update is not None:
                         p.copy_(device.q_direct(p, cfg.update))
-                if obs is not None:
-                    obs("U", old, p.detach(), "Q", cfg.update or 32)
+                if obs is not None:  # then ``old`` is the parameter before the update
+                    obs("U", cast(torch.Tensor, old), p.detach(), "Q", cfg.update or 32)
             for (role, first, _, _), params in fast.items():
                 self._fused_step(params, role, first, group, lr_q, dr)
         return loss
@@ -314,36 +281,32 @@ class QSGD(torch.optim.Optimizer):
         cfg = self.config
         m, wd = group["momentum"], group["weight_decay"]
         decay = wd != 0 and (role != "bn" or group["bn_weight_decay"])
-        grads = [p.grad.add(p, alpha=wd) if decay else p.grad for p in params]
+        grads = [cast(torch.Tensor, p.grad) for p in params]  # every one has a gradient
+        grads = [g.add(p, alpha=wd) if decay else g for p, g in zip(params, grads, strict=True)]
         bits = cfg.grad if role == "weight" else cfg.bn_grad
         draws = None
         if role == "weight" and bits is not None:
             gen = self.generator
             for g in grads:
-                if not _same_device(gen.device, g.device):
-                    raise ValueError(
-                        f"QSGD: the stochastic-rounding generator is on {gen.device} but a "
-                        f"gradient is on {g.device}; pass generator=torch.Generator(device="
-                        f"'{g.device}') (one generator per optimizer, on the parameters' device)"
-                    )
+                check_generator_device(gen, g)
             if cfg.grad_rounding == "stochastic":
                 draws = [torch.rand(g.shape, generator=gen, dtype=g.dtype, device=g.device)
                          for g in grads]  # fmt: skip
-        bufs = []
+        bufs: list[torch.Tensor] = []
         for p, g in zip(params, grads, strict=True):
             if m != 0 and first:
                 self.state[p]["momentum_buffer"] = torch.empty_like(g)
             bufs.append(self.state[p]["momentum_buffer"] if m != 0 else g)
-        scalars = self._scalars(params[0], lr_q, dr)
+        lr_t, dr_t, limit_t = self._scalars(params[0], lr_q, dr)
         # buckets of 8, 4, 2, 1 parameters: a few compiled variants serve every model (a kernel
         # over all of a ResNet-50's parameters at once takes minutes to compile)
         start = 0
-        for size in _buckets(len(params)):
+        for size in buckets(len(params)):
             part = slice(start, start + size)
             start += size
             fused_update(
                 [p.detach() for p in params[part]], grads[part], bufs[part],
-                None if draws is None else draws[part], *scalars, role, bits, float(m), first,
+                None if draws is None else draws[part], lr_t, dr_t, limit_t, role, bits, float(m), first,
                 cfg.momentum, cfg.update,
             )  # fmt: skip
 
@@ -364,7 +327,7 @@ class QSGD(torch.optim.Optimizer):
         """``QC(lr)`` for this step; a scheduled lr that quantizes to 0 warns once, updates nothing."""
         if self.config.lr is None:
             return float(lr)
-        lr_q = _qc_lr(lr, self.config.lr)
+        lr_q = qc_lr(lr, self.config.lr)
         if lr_q == 0.0 and lr != 0 and not self._warned_zero_lr:
             self._warned_zero_lr = True
             warnings.warn(
@@ -375,40 +338,6 @@ class QSGD(torch.optim.Optimizer):
                 stacklevel=4,  # the caller of step(), past torch.no_grad's wrapper
             )
         return lr_q
-
-    def _check_finite(self) -> None:
-        """Raise ``ValueError`` naming the parameters whose gradient holds NaN/Inf.
-
-        One reduction per gradient (``max |g|``, which NaN and Inf reach) and one host read per
-        device for the whole step."""
-        by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None and p.grad.numel():
-                    by_device[p.grad.device].append(p.grad)
-        for grads in by_device.values():
-            amax = torch.stack(torch._foreach_norm(grads, float("inf")))
-            if not bool(torch.isfinite(amax).all()):
-                self._raise_non_finite()
-
-    def _raise_non_finite(self) -> None:
-        bad = []
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                g = p.grad
-                if g is None or bool(torch.isfinite(g).all()):
-                    continue
-                n_nan, n_inf = int(torch.isnan(g).sum()), int(torch.isinf(g).sum())
-                bad.append(
-                    f"parameter {pi} of group {gi} (shape {tuple(p.shape)}, role "
-                    f"{self.role_of(p, group)!r}): {n_nan} NaN, {n_inf} Inf"
-                )
-        raise ValueError(
-            f"QSGD: {len(bad)} gradient(s) are not finite, so nothing was updated — "
-            + "; ".join(bad[:5])
-            + ("; ..." if len(bad) > 5 else "")
-            + ". Check the data for NaN/Inf or lower the learning rate"
-        )
 
     def _check_roles(self) -> None:
         """A quantizing config with no quantized parameter at all is a mistake, not a float run."""
@@ -426,12 +355,7 @@ class QSGD(torch.optim.Optimizer):
     def _quantize_grad(self, g: torch.Tensor, role: str, dr: int) -> torch.Tensor:
         cfg = self.config
         if role == "weight" and cfg.grad is not None:
-            if not _same_device(self.generator.device, g.device):
-                raise ValueError(
-                    f"QSGD: the stochastic-rounding generator is on {self.generator.device} but a "
-                    f"gradient is on {g.device}; pass generator=torch.Generator(device="
-                    f"'{g.device}') (one generator per optimizer, on the parameters' device)"
-                )
+            check_generator_device(self.generator, g)
             return device.q_constant(
                 g, cfg.grad, dr, generator=self.generator, rounding=cfg.grad_rounding,
                 scale=cfg.grad_scale,

@@ -10,6 +10,7 @@ For every parameter of a list (docs/WAGEUBN.md §3, after weight decay was added
 The same arithmetic as ``QSGD``'s per-parameter path (which diagnostics use), value for value: the
 products ``lr_q·acc`` are exact on these grids. ``lr_q`` and ``dr`` are 0-dim tensors, so a
 schedule that changes them does not recompile anything; ``p`` and ``acc`` are updated in place.
+``buckets`` cuts a group's parameter list into the few list lengths that get compiled.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ import torch
 from ..quant.device import cq_codes, nan_guard
 from ..quant.fusion import fused
 
-__all__ = ["fused_update"]
+__all__ = ["buckets", "fused_update"]
+
+
+def buckets(n: int) -> list[int]:
+    """``n`` as parts of 8, then one each of 4, 2, 1 as needed (``buckets(13) == [8, 4, 1]``)."""
+    parts = [8] * (n // 8)
+    for size in (4, 2, 1):
+        if n % 8 & size:
+            parts.append(size)
+    return parts
 
 
 def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:

@@ -77,7 +77,7 @@ def _input_shape(model: nn.Module, name: str, input_size) -> tuple[int, ...]:
     )
     if len(size) == 1:
         size = size * 2
-    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and s >= 1 for s in size):
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and int(s) >= 1 for s in size):
         raise ProfileError(
             f"profile_step: input_size must be S or (H, W) with positive ints, got {input_size!r}"
         )

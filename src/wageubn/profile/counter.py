@@ -113,7 +113,7 @@ class OpCounter(TorchDispatchMode):
         self._owner.clear()
 
     def _enter(self, name: str):
-        def hook(mod: nn.Module, inputs: tuple) -> None:
+        def hook(mod: QuantConv2d | QuantLinear, inputs: tuple) -> None:
             cfg = mod.config
             a_bits = cfg.activation
             if a_bits is not None and cfg.arithmetic != "int8":
@@ -129,10 +129,10 @@ class OpCounter(TorchDispatchMode):
 
         return hook
 
-    def _exit(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def _exit(self, mod: QuantConv2d | QuantLinear, inputs: tuple, output: torch.Tensor) -> None:
         call = self._scope.pop()
         w = mod.weight
-        if call.kind == "conv":  # ([N,] O, Ho, Wo) out, (O, C/g, kh, kw) weight
+        if isinstance(mod, QuantConv2d):  # ([N,] O, Ho, Wo) out, (O, C/g, kh, kw) weight
             o, ho, wo = output.shape[-3:]
             n = output.numel() // (o * ho * wo)
             taps = w.shape[2] * w.shape[3]
@@ -148,7 +148,7 @@ class OpCounter(TorchDispatchMode):
         if node is None:
             return
         stop = {t.grad_fn for t in inputs if isinstance(t, torch.Tensor) and t.grad_fn is not None}
-        todo = [node]
+        todo: list[torch.autograd.graph.Node | None] = [node]
         while todo:
             cur = todo.pop()
             if cur is None or cur in stop or cur in self._owner:

@@ -339,6 +339,7 @@ def plot_profiles(profiles: list[Profile], path: str) -> str:
         bottom = [0.0] * len(bars)
         for i, k in enumerate(keys):
             h = [b.get(k, 0.0) for b in bars]
+            color: Any  # a name, a grey level or a colormap's RGBA
             if fixed is not None:
                 color = fixed[i]
             elif k.startswith("other"):

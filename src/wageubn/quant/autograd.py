@@ -24,22 +24,22 @@ Quantizer = Callable[[torch.Tensor], torch.Tensor]
 
 class _QuantizeForward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fn: Quantizer) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, fn: Quantizer) -> torch.Tensor:
         return fn(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         return grad, None
 
 
 class _QuantizeBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, fn: Quantizer) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, fn: Quantizer) -> torch.Tensor:
         ctx.fn = fn
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         if not ctx.needs_input_grad[0]:
             return None, None
         return ctx.fn(grad), None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 import torch
 
@@ -174,12 +175,13 @@ def check_grad_range(dr: object) -> int:
     """Validate the gradient range ``dr`` of ``constant_quantize``: an integer ``>= 2``."""
     if isinstance(dr, bool) or not isinstance(dr, numbers.Real):
         raise TypeError(f"dr (gradient range) must be an integer >= 2, got {dr!r}")
-    if dr != int(dr) or not 2 <= dr <= 2**24:
+    value: Any = dr  # a real number (numbers.Real declares no int() or comparison)
+    if value != int(value) or not 2 <= value <= 2**24:
         raise ValueError(
             f"dr (gradient range) must be an integer in [2, 2^24], got {dr!r}; "
             "the released recipe uses 128, 32, 8, 2"
         )
-    return int(dr)
+    return int(value)
 
 
 def constant_quantize(

@@ -299,7 +299,7 @@ class RunConfig:
             except ValueError as exc:
                 errors.append(f"optim.lr {o.lr:g}: {exc}")
             else:  # whether quantized_lr raises for a zero result or returns it
-                if lr_q == 0:
+                if lr_q == 0 and qcfg.lr is not None:  # (with lr bits: lr_q == lr > 0 otherwise)
                     errors.append(
                         f"optim.lr {o.lr:g} quantizes to 0 with {qcfg.lr} lr bits; use "
                         f"lr >= {2.0**-qcfg.lr:g} or more lr bits (--quant.lr)"

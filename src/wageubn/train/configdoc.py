@@ -95,7 +95,7 @@ def format_config(cfg: RunConfig, *, source: str | None = None) -> str:
             lines += _quant_lines(cfg, docs)
         lines.append(f"{section}:")
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]  # a field without a default has a factory
             key = f"{section}.{f.name}"
             lines.append(
                 _line(f.name, values[section][f.name], f"{docs[key]} [default: {_yaml(default)}]")

@@ -1,7 +1,10 @@
-"""Evaluation of a model on a data set: mean cross-entropy and top-1 accuracy."""
+"""Evaluation: the mean cross-entropy and top-1 accuracy of a model on a data set (``evaluate``),
+and of a checkpoint's model on a split of its run's data set (``evaluate_checkpoint``, the
+``wageubn eval`` command)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,8 +13,12 @@ from torch import nn
 
 from ..core.progress import Progress
 from ..data import Batches
+from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..run.config import RunConfig
+from .lifecycle import describe_status, read_run_info
+from .setup import build_training, load_split
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "evaluate_checkpoint"]
 
 
 @torch.no_grad()
@@ -45,3 +52,50 @@ def evaluate(
     finally:
         model.train(was_training)
     return {"loss": loss_sum / n, "acc": correct / n, "images": n}
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    root: str | None = None,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``).
+
+    ``run_status`` in the result is the status of the run directory holding the checkpoint (from
+    its run.json; a "running" run whose process is gone says so), or None."""
+    path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    cfg = RunConfig.from_dict(ckpt["run_config"], source=f"{path} run_config")
+    if root is not None:
+        cfg.data.root = root
+    split = split or cfg.data.eval_split
+    ds = load_split(cfg, split, augment=False, subset=None)
+    model, _, _ = build_training(cfg, ds.num_classes, ds.input_shape[0])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: model weights do not fit {cfg.model.name}: {first}"
+        ) from None
+    bs = batch_size or cfg.data.eval_batch_size or cfg.data.batch_size
+    result = evaluate(
+        model,
+        ds,
+        bs,
+        channels_last=cfg.train.channels_last,
+        num_workers=cfg.data.num_workers,
+        progress=progress,
+    )
+    info = read_run_info(path.parent / "run.json")
+    run_status = describe_status(info)[0] if info is not None else None
+    return {
+        **result,
+        "split": split,
+        "checkpoint": str(path),
+        "step": ckpt["step"],
+        "run_status": run_status,
+    }

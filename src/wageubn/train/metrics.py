@@ -5,6 +5,8 @@ Rows have ``kind`` "train" (every ``log_every`` steps, means over the window), "
 the epoch) or "eval" (after an evaluation), and the columns in `COLUMNS` (absent ones empty).
 On resume, rows after the checkpoint's step are dropped first, so the files of an interrupted
 and resumed run hold the same rows as those of an uninterrupted one (timing columns aside).
+`NoMetrics` stands in on the processes that write none (ranks other than 0); `new_accumulator` is
+the trainer's running sums behind the "train" and "epoch" rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from typing import Any
 
 from ..core.files import atomic_write_bytes
 
-__all__ = ["COLUMNS", "TIMING_COLUMNS", "MetricsWriter", "read_metrics", "role_rates"]
+__all__ = [
+    "COLUMNS",
+    "TIMING_COLUMNS",
+    "MetricsWriter",
+    "NoMetrics",
+    "new_accumulator",
+    "read_metrics",
+    "role_rates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ TIMING_COLUMNS = ("images_per_s", "elapsed_s")  # differ between otherwise ident
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of ``run_dir/metrics.jsonl`` (a torn last line from a crash is skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not path.is_file():
         return rows
     for line in path.read_text().splitlines():
@@ -122,6 +132,26 @@ class MetricsWriter:
         self._csv_file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class NoMetrics:
+    """Ranks other than 0 write no metrics."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def diagnostics(
+        self, step: int, rows: list[dict[str, Any]], histograms: dict[str, Any]
+    ) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def new_accumulator() -> dict[str, float | int]:
+    """Empty running sums of a window or an epoch of training steps."""
+    return {"loss_sum": 0.0, "steps": 0, "correct": 0, "count": 0}
 
 
 def role_rates(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -23,10 +23,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..core.progress import Progress
 from ..run.config import RunConfig, RunConfigError
 
 __all__ = [
     "DistContext",
+    "SilentProgress",
     "all_sum",
     "broadcast",
     "check_same_config",
@@ -52,6 +54,13 @@ class DistContext:
     @property
     def active(self) -> bool:
         return self.world > 1
+
+
+class SilentProgress(Progress):
+    """Ranks other than 0 show no progress."""
+
+    def message(self, text: str) -> None:
+        pass
 
 
 def setup(cfg: RunConfig) -> DistContext:

@@ -1,5 +1,6 @@
 """What a resume may change: the run-config keys that can differ from the checkpoint's, the check
-that nothing else does, and the saved run config with overrides (``wageubn train --resume``).
+that nothing else does, the check that a resume would train and race no live process, and the
+saved run config with overrides (``wageubn train --resume``).
 
 A resumed run continues bit for bit like an uninterrupted one only if everything that decides
 the numbers is the checkpoint's own: model, data, optimizer, quantization, seed. Keys that only
@@ -8,14 +9,24 @@ decide how long the run goes, where it writes or how it reports are ``RESUMABLE_
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from ..run.config import RunConfig
+from ..run.config import RunConfig, RunConfigError
 from ..run.overrides import apply_overrides, parse_overrides
+from .lifecycle import describe_status, read_run_info
 
-__all__ = ["RESUMABLE_KEYS", "check_compatible", "config_from_checkpoint", "flatten"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "check_compatible",
+    "check_resumable",
+    "config_from_checkpoint",
+    "flatten",
+]
+
+log = logging.getLogger("wageubn.train")
 
 # Keys that may differ between a checkpoint's run config and the config it is resumed with.
 RESUMABLE_KEYS = frozenset(
@@ -63,6 +74,45 @@ def check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
             f"{path}: written by a different run config: {'; '.join(diffs)}; resume with the "
             "run's own config (omit CONFIG) or start a new run"
         )
+
+
+def check_resumable(
+    cfg: RunConfig,
+    path: Path,
+    run_dir: Path,
+    *,
+    step: int,
+    epoch: int,
+    steps_per_epoch: int,
+    is_main: bool,
+) -> str | None:
+    """Refuse a resume that would do nothing or race a live process (before any write).
+
+    ``step`` and ``epoch`` are the restored position of checkpoint ``path`` in ``run_dir``.
+    Returns the status of a previous process that left run.json "running" and is gone (warned
+    about on the main process), else None."""
+    t = cfg.train
+    if t.max_steps is not None and step >= t.max_steps and epoch < t.epochs:
+        raise RunConfigError(
+            f"{path}: the run is at step {step}, which train.max_steps={t.max_steps} "
+            f"does not exceed, with {t.epochs * steps_per_epoch - step} steps of "
+            f"train.epochs={t.epochs} left; to continue pass --train.max_steps N with "
+            f"N > {step}, or --train.max_steps null for the remaining epochs"
+        )
+    info = read_run_info(run_dir / "run.json")
+    if info is None:
+        return None
+    status, running = describe_status(info)
+    if running:
+        raise CheckpointError(
+            f"{run_dir}: run.json says the run is {status}; wait for it to finish or "
+            "stop it (kill -TERM PID writes a checkpoint) before resuming"
+        )
+    if info.get("status") != "running":
+        return None
+    if is_main:
+        log.warning("%s: the previous run %s; resuming from %s", run_dir, status, path)
+    return status
 
 
 def config_from_checkpoint(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

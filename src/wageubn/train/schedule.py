@@ -7,7 +7,8 @@ The released ImageNet recipe changes both at epoch boundaries::
     dr          128      128       32        8         2
 
 With 10 lr bits the lr is a multiple of 2^-9 ≈ 0.00195, so 0.0015 quantizes to 0.00195 and a
-plain ×0.01 decay would give 0: the late decay is carried by dr instead.
+plain ×0.01 decay would give 0: the late decay is carried by dr instead. ``scheduled_lr_q`` is
+the quantized lr of a scheduled value, as the metrics report it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import WAGEUBNConfig
+from ..optim import quantized_lr
 from ..run.config import OptimSection
 
-__all__ = ["PiecewiseConstant", "Schedule"]
+__all__ = ["PiecewiseConstant", "Schedule", "scheduled_lr_q"]
 
 
 @dataclass(frozen=True)
@@ -85,3 +88,13 @@ class Schedule:
     def state_dict(self, epoch: int) -> dict[str, float | int]:
         """The schedule position saved in checkpoints (informational: it follows from epoch)."""
         return {"epoch": epoch, "lr": self.lr(epoch), "grad_range": int(self.grad_range(epoch))}
+
+
+def scheduled_lr_q(lr: float, qcfg: WAGEUBNConfig) -> float:
+    """``QC(lr, k_LR)`` of a scheduled lr, for the metrics. The config refuses a base lr that
+    quantizes to 0; a schedule may decay below the grid (the released recipe avoids it, a user's
+    may not): then lr_q is 0, QSGD warns once and applies no update, and the run goes on."""
+    try:
+        return quantized_lr(lr, qcfg)
+    except ValueError:  # quantized_lr's only error: a non-zero lr below half an lr step
+        return 0.0
