@@ -21,7 +21,7 @@ from wageubn.train import (
     train,
 )
 from wageubn.train import loop as loop_module
-from wageubn.train import setup as setup_module
+from wageubn.train import prepare as prepare_module
 from wageubn.train.metrics import TIMING_COLUMNS, read_metrics
 from wageubn.train.runconfig import parse_overrides
 
@@ -376,7 +376,7 @@ def test_elapsed_s_counts_on_across_a_resume(tmp_path, monkeypatch):
 
 
 def _nan_at(call: int):
-    real = setup_module.load_dataset
+    real = prepare_module.load_dataset
 
     class NaNAt(torch.utils.data.Dataset):
         def __init__(self, base):
@@ -408,7 +408,7 @@ def _nan_at(call: int):
 def test_nan_in_data_stops_cleanly(tmp_path, monkeypatch, preset):
     """NaN reaching a quantizer (paper) or the loss (fp32) at step 5 stops the run with a message
     naming the step and the last good checkpoint (step 3), which stays intact."""
-    monkeypatch.setattr(setup_module, "load_dataset", _nan_at(5))
+    monkeypatch.setattr(prepare_module, "load_dataset", _nan_at(5))
     cfg = tiny(tmp_path, quant__preset=preset)
     with pytest.raises(TrainingError) as info:
         train(cfg)

@@ -16,7 +16,7 @@ from ..data import Batches
 from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from ..run.config import RunConfig
 from .lifecycle import describe_status, read_run_info
-from .setup import build_training, load_split
+from .prepare import build_training, load_split
 
 __all__ = ["evaluate", "evaluate_checkpoint"]
 

@@ -19,7 +19,7 @@ the file and the last good checkpoint, which stays intact. SIGTERM/SIGINT (``han
 write a checkpoint and stop with `TrainingInterrupted`. Every ending is recorded in run.json
 (train/lifecycle.py).
 
-This module holds the loop and the checkpoint writes; around it: ``train/setup.py`` (what a run
+This module holds the loop and the checkpoint writes; around it: ``train/prepare.py`` (what a run
 is built from, the resumed position, the run directory), ``train/snapshot.py`` (a checkpoint's
 content), ``train/runfiles.py`` (config.yaml, run.json, metrics), ``train/errors.py`` (how a run
 stops), ``train/evaluate.py`` (``evaluate``, ``evaluate_checkpoint``) and ``train/resume.py``;
@@ -53,10 +53,10 @@ from .errors import TrainingError, TrainingIOError, ending, io_stopped, stopped
 from .evaluate import evaluate, evaluate_checkpoint
 from .lifecycle import StopSignals, TrainingInterrupted
 from .metrics import new_accumulator
+from .prepare import RunSetup
 from .resume import RESUMABLE_KEYS, check_compatible, config_from_checkpoint
 from .rundir import as_run_config, reason
 from .schedule import scheduled_lr_q
-from .setup import RunSetup
 from .snapshot import checkpoint_payload, non_finite
 
 __all__ = [
