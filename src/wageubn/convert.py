@@ -46,10 +46,11 @@ from torch import nn
 from .config import WAGEUBNConfig, config_of, config_or_none
 from .functional import FloatCall, plan_functional, undo_functional
 from .fuse import fuse_bn_relu_
-from .nn import QuantBatchNorm2d, QuantConv2d, QuantLayer, QuantLinear, QuantReLU
+from .nn import QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantReLU
 from .nn.activations import QUANT_ACTIVATIONS
 from .nn.attention import QuantMultiheadAttention, attention_problem
 from .nn.blocks import QuantCNBlock
+from .nn.layers import QuantLayer
 from .nn.norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .nn.products import QuantConv1d, QuantEmbedding, embedding_problem
 from .nn.swin import QuantShiftedWindowAttention, QuantShiftedWindowAttentionV2

@@ -16,7 +16,7 @@ from .activations import (
 from .attention import QuantMultiheadAttention
 from .batchnorm import QuantBatchNorm2d
 from .blocks import QuantCNBlock
-from .layers import QuantConv2d, QuantLayer, QuantLinear, QuantReLU  # noqa: I001 (batchnorm imports layers)
+from .layers import QuantConv2d, QuantLinear, QuantReLU  # noqa: I001 (batchnorm imports layers)
 from .norms import QuantBatchNorm1d, QuantGroupNorm, QuantLayerNorm, QuantLayerNorm2d
 from .products import QuantConv1d, QuantEmbedding
 from .swin import QuantShiftedWindowAttention, QuantShiftedWindowAttentionV2
@@ -33,7 +33,6 @@ __all__ = [
     "QuantGroupNorm",
     "QuantHardsigmoid",
     "QuantHardswish",
-    "QuantLayer",
     "QuantLayerNorm",
     "QuantLayerNorm2d",
     "QuantLeakyReLU",
