@@ -164,7 +164,9 @@ def _implicit_weight_grad(
     return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent)
 
 
-def _out_hw(x, w, stride, padding, dilation) -> tuple[int, int]:
+def _out_hw(
+    x: torch.Tensor, w: torch.Tensor, stride: Pair, padding: Pair, dilation: Pair
+) -> tuple[int, int]:
     return tuple(  # type: ignore[return-value]
         (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
         for i in range(2)
