@@ -30,6 +30,15 @@ import torch
 
 from ..quant.device import fit_exponent, nan_guard, pow2, round_log2
 from ..quant.fusion import fused
+from .kernel_layout import (
+    ChannelLayout,
+    colsum,
+    join_bytes,
+    pack_mask,
+    split_bytes,
+    tile,
+    unpack_mask,
+)
 
 __all__ = [
     "ChannelLayout",
@@ -48,52 +57,6 @@ __all__ = [
     "unpack_mask",
 ]
 
-_WIDE = 256  # channels_last rows are widened to about this many elements
-_BLOCK = 32  # rows per block of the channels_last channel sums
-
-
-class ChannelLayout:
-    """How a BN input ``(N, C, *spatial)`` is seen by the kernels (see the module docstring):
-    ``view3`` gives the 3-D view (copying into the layout if needed), ``back`` the inverse.
-    Other layouts than contiguous and channels_last are made contiguous."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.shape = x.shape
-        self.channels = x.shape[1]
-        self.per_channel = x.numel() // max(x.shape[1], 1)
-        self.channels_last = (
-            x.dim() == 4
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-        )
-        k = 1
-        if self.channels_last:
-            while k * 2 * self.channels <= _WIDE and self.per_channel % (k * 2) == 0:
-                k *= 2
-        self.k = k  # copies of the channel vector per row
-        # rows summed per block by the channel sums (``_colsum``): a reduction over the long
-        # outer axis runs as blocks of r rows in parallel, then a short sum over the blocks
-        rows = self.per_channel // k if self.channels_last else 1
-        r = 1
-        while r < _BLOCK and rows % (r * 2) == 0 and rows >= 4 * r * 2:
-            r *= 2
-        self.r = r
-
-    def view3(self, t: torch.Tensor) -> torch.Tensor:
-        n, c = self.shape[0], self.channels
-        if self.channels_last:
-            rows = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-            return rows.reshape(-1, self.k * c, 1).detach()
-        return t.contiguous().view(n, c, -1).detach()
-
-    def back(self, y3: torch.Tensor) -> torch.Tensor:
-        """A kernel's 3-D output as a tensor of ``self.shape`` in this layout (detached from the
-        3-D view, so autograd treats a Function's output as its own tensor, not a view)."""
-        if self.channels_last:
-            n, c, h, w = self.shape
-            return y3.view(n, h, w, c).permute(0, 3, 1, 2).detach()
-        return y3.view(self.shape).detach()
-
 
 def _bc(v: torch.Tensor) -> torch.Tensor:
     return v.view(1, -1, 1)
@@ -104,24 +67,6 @@ def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits is None:
         return x
     return torch.round(x * (2.0 ** (bits - 1))) * (2.0 ** (1 - bits))
-
-
-def _colsum(v: torch.Tensor, r: int) -> torch.Tensor:
-    """Per-column sums of a 3-D view ``(A, W, B)`` over ``A`` and ``B``; with ``r > 1`` (``B = 1``,
-    ``A`` a multiple of ``r``) as sums of blocks of ``r`` rows, then over the blocks: a fixed
-    order, the same eager and compiled, that a compiled kernel runs block-parallel."""
-    if r == 1:
-        return v.sum((0, 2))
-    return v.view(-1, r, v.shape[1]).sum(1).sum(0)
-
-
-def _fold(v: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-column values of a widened view back to per channel (sum of the k copies)."""
-    return v if k == 1 else v.view(k, -1).sum(0)
-
-
-def _tile(v: torch.Tensor, k: int) -> torch.Tensor:
-    return v if k == 1 else v.repeat(k)
 
 
 # -- BatchNorm -----------------------------------------------------------------------------------
@@ -164,7 +109,7 @@ def bn_prepare(
     they were, without a host read, when the batch statistics are not finite."""
     if batch_stats or k_a is not None:
         xd = x3.to(torch.float64)
-        s1, s2 = _colsum(xd, r), _colsum(xd * xd, r)
+        s1, s2 = colsum(xd, r), colsum(xd * xd, r)
         lo, hi = x3.amin((0, 2)), x3.amax((0, 2))
         if k > 1:
             s1, s2 = s1.view(k, -1).sum(0), s2.view(k, -1).sum(0)
@@ -194,7 +139,7 @@ def bn_prepare(
     gamma_q = torch.ones_like(mean) if gamma is None else _q(gamma, k_gamma)
     beta_q = torch.zeros_like(mean) if beta is None else _q(beta, k_beta)
     out = (mean, std, mu_q, sigma_q, gamma_q, beta_q)
-    out += tuple(_tile(v, k) for v in (mu_q, sigma_q, gamma_q, beta_q, mean))
+    out += tuple(tile(v, k) for v in (mu_q, sigma_q, gamma_q, beta_q, mean))
     if k_a is None:
         return out
     top = torch.where(gamma_q >= 0, hi, lo)
@@ -208,27 +153,6 @@ def _xhat(x3, mu_q, sigma_q, k_xhat):
     """``(t, x_hat)`` of the BN input (paper formulas)."""
     t = (x3 - _bc(mu_q)) / _bc(sigma_q)
     return t, _q(t, k_xhat)
-
-
-def split_bytes(n: torch.Tensor, planes: int) -> tuple[torch.Tensor, ...]:
-    """Integer-valued floats ``n`` (``|n| < 2^(8·planes − 1)``) as byte planes: ``planes − 1``
-    uint8 low bytes, then an int8 top byte (exact float arithmetic: every step is a power of two
-    or an integer below 2^24). Byte planes rather than int16: they vectorize in the kernels."""
-    out = []
-    for _ in range(planes - 1):
-        q = torch.floor(n * (1.0 / 256))
-        out.append((n - q * 256).to(torch.uint8))
-        n = q
-    out.append(n.to(torch.int8))
-    return tuple(out)
-
-
-def join_bytes(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-    """The inverse of ``split_bytes``."""
-    n = parts[-1].to(dtype)
-    for p in reversed(parts[:-1]):
-        n = n * 256 + p.to(dtype)
-    return n
 
 
 def _saved_xhat(src, p1, p2, mu_q, sigma_q, k_xhat, xhat_exp, dtype):
@@ -361,7 +285,7 @@ def bn_backward_sums(
         f = (torch.zeros((), dtype=g3.dtype, device=g3.device),) * 5
     t, xhat = _saved_xhat(src3, p1, p2, mu_t, sigma_t, k_xhat, xhat_exp, g3.dtype)
     dy = _e1_mask(g3, xhat, gamma_t, beta_t, relu, e1_bits, e1_limit, f).to(torch.float64)
-    s0, s1, s2 = _colsum(dy, r), _colsum(dy * xhat, r), _colsum(dy * t, r)
+    s0, s1, s2 = colsum(dy, r), colsum(dy * xhat, r), colsum(dy * t, r)
     if k > 1:
         s0, s1, s2 = (v.view(k, -1).sum(0) for v in (s0, s1, s2))
     gq, sq, sd = gamma_q.double(), sigma_q.double(), std.double()
@@ -369,7 +293,7 @@ def bn_backward_sums(
     d_var = torch.where(sd > 0, (-(gq * s2) / sq) / (2.0 * sd), 0.0)
     k0 = (d_mu / count).to(g3.dtype)
     k1 = (2.0 * d_var / count).to(g3.dtype)
-    return s1.to(g3.dtype), s0.to(g3.dtype), _tile(k0, k), _tile(k1, k), *f
+    return s1.to(g3.dtype), s0.to(g3.dtype), tile(k0, k), tile(k1, k), *f
 
 
 @fused(recompute=True)
@@ -411,21 +335,6 @@ def bn_backward(
 
 
 # -- the activation point (ReLU) -----------------------------------------------------------------
-
-_SHIFTS = (0, 1, 2, 3, 4, 5, 6, 7)
-
-
-def pack_mask(mask: torch.Tensor) -> torch.Tensor:
-    """A 1-D bool tensor whose length is a multiple of 8, as uint8 (8 elements a byte)."""
-    bits = mask.view(-1, 8).to(torch.uint8)
-    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=mask.device)
-    return (bits << shifts).sum(1, dtype=torch.uint8)
-
-
-def unpack_mask(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """The first ``n`` elements of a packed mask as bool."""
-    shifts = torch.tensor(_SHIFTS, dtype=torch.uint8, device=packed.device)
-    return ((packed.view(-1, 1) >> shifts) & 1).view(-1)[:n].to(torch.bool)
 
 
 @fused
