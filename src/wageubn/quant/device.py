@@ -350,7 +350,8 @@ def q_error2_rows(
         rows = rows.reshape(-1, g.shape[1])
     else:
         rows = g.reshape(-1, g.shape[-1]).contiguous()
-    return error2_rows(rows.detach(), bits)[:4]
+    major, side, e, guard = error2_rows(rows.detach(), bits)[:4]
+    return major, side, e, guard
 
 
 def q_error2(

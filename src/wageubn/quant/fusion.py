@@ -33,7 +33,7 @@ import os
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
@@ -157,8 +157,10 @@ class _Fused:
             fn, inputs = hit
         else:
             key, inputs = _variant(args)
-            fn = self._variants.get(key)
-            if fn is None:
+            known = self._variants.get(key)
+            if known is not None:
+                fn = known
+            else:
                 log.info("wageubn: compiling %s (first use; cached on disk)", self.eager.__name__)
                 # dynamic=None: the bound constants stay constants; the tensors' sizes are
                 # marked dynamic below, so one compilation serves every shape
@@ -245,6 +247,7 @@ def fused(fn: F | None = None, *, recompute: bool = False) -> F | Callable[[F], 
     store-vs-recompute limits raised (``_RECOMPUTE``): for kernels whose elementwise steps feed
     several reductions, where writing the intermediates out costs more than recomputing them
     (measured on the BN kernels; not a global setting, as it trips inductor on other kernels)."""
+    options = _RECOMPUTE if recompute else None
     if fn is None:
-        return lambda f: _Fused(f, _RECOMPUTE if recompute else None)  # type: ignore[return-value]
-    return _Fused(fn)  # type: ignore[return-value]
+        return lambda f: cast(F, _Fused(f, options))
+    return cast(F, _Fused(fn))
