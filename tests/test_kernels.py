@@ -375,6 +375,25 @@ def test_strided_outputs_one_wide_are_exact(groups, cg, h, w, kh, kw, stride, dt
     )
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_weight_grad_carries_the_nan_guard(backend):
+    """``out_guard`` (NaN for a non-finite operand) reaches every element of the weight gradient,
+    on the stride-1 implicit form as well (it used to drop the guard there)."""
+    gen = torch.Generator().manual_seed(0)
+    x = codes((1, 4, 32, 32), torch.uint8, gen)  # 32×32, padding 1: the implicit form's shape
+    e = codes((1, 3, 32, 32), torch.int8, gen)
+    nan = torch.tensor(float("nan"))
+    dw = kernels.conv2d_weight_grad(
+        x, e, (3, 4, 3, 3), 1, 1, 1, 1, backend=backend, out_exponent=-4, out_guard=nan
+    )
+    assert torch.isnan(dw).all()
+    fine = kernels.conv2d_weight_grad(
+        x, e, (3, 4, 3, 3), 1, 1, 1, 1, backend=backend, out_exponent=-4,
+        out_guard=torch.tensor(0.0),
+    )  # fmt: skip
+    assert torch.isfinite(fine).all()
+
+
 # ---------------------------------------------------------------------------------- real CUDA
 
 

@@ -161,7 +161,7 @@ def _implicit_weight_grad(
         for j in range(kw):
             off = i * dilation[0] * wp + j * dilation[1]
             res[i, j] = _mm(flat_x[off : off + length].t(), flat_e[:length], out_dtype)
-    return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent)
+    return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent, out_guard)
 
 
 def _out_hw(
