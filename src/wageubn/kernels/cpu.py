@@ -42,6 +42,7 @@ from .reference import (
     Exponent,
     Pair,
     code_max,
+    conv_out_size,
 )
 
 log = logging.getLogger(__name__)
@@ -164,15 +165,6 @@ def _implicit_weight_grad(
     return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent, out_guard)
 
 
-def _out_hw(
-    x: torch.Tensor, w: torch.Tensor, stride: Pair, padding: Pair, dilation: Pair
-) -> tuple[int, int]:
-    return tuple(  # type: ignore[return-value]
-        (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
-        for i in range(2)
-    )
-
-
 # ------------------------------------------------------------------------------------ public
 
 
@@ -233,7 +225,10 @@ def conv2d_forward(
     if (
         _onednn_exact()
         and (x.dtype == torch.uint8 or groups == 1)
-        and min(_out_hw(x, w, stride, padding, dilation)) > 1
+        and all(
+            conv_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i], dilation[i]) > 1
+            for i in range(2)
+        )
     ):
         xu, zp, pad = onednn.as_uint8(x, padding)
         y = onednn.onednn_conv(

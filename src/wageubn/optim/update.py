@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.device import cq_codes, nan_guard
+from ..quant.device import cq
 from ..quant.fusion import fused
 
 __all__ = ["buckets", "fused_update"]
@@ -36,12 +36,6 @@ def _q(x: torch.Tensor, bits: int | None) -> torch.Tensor:
     if bits is None:
         return x
     return torch.round(x * (2.0 ** (bits - 1))) * (2.0 ** (1 - bits))
-
-
-def _cq(g, u, bits, dr, dr_limit):
-    amax = g.abs().amax()
-    n = cq_codes(g, amax, u, dr, dr_limit)
-    return n * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
 
 
 @fused
@@ -68,7 +62,7 @@ def fused_update(
         if grad_bits is None:
             gq = g
         elif role == "weight":
-            gq = _cq(g, None if draws is None else draws[i], grad_bits, dr, dr_limit)
+            gq = cq(g, g.abs().amax(), None if draws is None else draws[i], grad_bits, dr, dr_limit)
         else:
             gq = _q(g, grad_bits)
         if momentum != 0:

@@ -130,20 +130,20 @@ def constant(
     """``CQ(x, k, dr) = clip(SR(dr · x / R), ±(dr − 1)) · 2^(−2(k−1))``: ``x / R`` first (exact),
     then times ``dr``. ``u`` holds the uniform draws of ``SR`` (``None``: round to nearest)."""
     amax = x.abs().amax()
-    guard = nan_guard(amax)
-    n = cq_codes(x, amax, u, dr, dr_limit)
-    return n * (2.0 ** (-2 * (bits - 1))) + guard, *pow2(-round_log2(amax), x.dtype), guard
+    return cq(x, amax, u, bits, dr, dr_limit), *pow2(-round_log2(amax), x.dtype), nan_guard(amax)
 
 
-def cq_codes(
+def cq(
     x: torch.Tensor,
     amax: torch.Tensor,
     u: torch.Tensor | None,
+    bits: int,
     dr: torch.Tensor,
     limit: torch.Tensor,
 ) -> torch.Tensor:
-    """The integer codes ``clip(SR(dr · x / R), ±limit)`` of ``CQ`` with ``R = 2^round(log2 amax)``
-    (``amax`` 0-dim, or broadcasting per channel); ``u`` the draws (None: round to nearest)."""
+    """``CQ``'s values ``clip(SR(dr · x / R), ±limit) · 2^(−2(k−1))`` with ``R = 2^round(log2 amax)``
+    (``amax`` 0-dim, or broadcasting per channel; a non-finite ``amax`` makes them NaN); ``u`` the
+    draws (None: round to nearest)."""
     inv = pow2(-round_log2(amax), x.dtype)
     v = x * inv[0] * inv[1] * dr
     if u is None:
@@ -151,7 +151,7 @@ def cq_codes(
     else:
         fl = torch.floor(v)
         n = fl + (u < v - fl).to(v.dtype)
-    return torch.clamp(n, -limit, limit)
+    return torch.clamp(n, -limit, limit) * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
 
 
 def channel_amax(x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +165,7 @@ def constant_channels(
 ) -> torch.Tensor:
     """``CQ`` with one ``R`` per output channel (``x`` of 2+ dims, any layout; ``u`` the draws in
     ``x``'s shape): ``CQ(x[i], k, dr)`` for every ``i``. A non-finite channel is NaN."""
-    amax = channel_amax(x)
-    n = cq_codes(x, amax, u, dr, dr_limit)
-    return n * (2.0 ** (-2 * (bits - 1))) + nan_guard(amax)
+    return cq(x, channel_amax(x), u, bits, dr, dr_limit)
 
 
 def fit_exponent(amax: torch.Tensor, bits: int) -> torch.Tensor:
