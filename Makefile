@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml requirements-dev.txt
 demo: $(STAMP)
 	$(PY) -m wageubn train configs/mnist_cnn_paper.yaml
 
+# Two pytest-xdist workers, one torch thread each on a 2-core machine (tests/conftest.py); tests
+# that must not run side by side share an xdist_group (tests/test_zoo.py: the largest models).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -23,6 +23,14 @@ from wageubn.quant.fusion import set_fusion  # noqa: E402
 
 set_fusion(_FUSE_HERE.strip().lower() not in ("0", "false", "no", "off"))
 
+# `make test` runs the suite on pytest-xdist workers (one per core): each worker then computes on
+# its share of the cores instead of all of them fighting over every core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    import torch  # noqa: E402
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 pytest_plugins = ("pytester",)  # tests that run a test of this suite on a simulated machine
 
 settings.register_profile("ci", derandomize=True, print_blob=True)

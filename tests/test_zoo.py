@@ -52,6 +52,9 @@ def _params(name):
     return pytest.param(name, marks=pytest.mark.slow)
 
 
+# Under pytest-xdist (`make test`) these run one after another on one worker: two of the largest
+# models at once (regnet_y_128gf alone holds ~16 GB while it steps) would not fit in memory.
+@pytest.mark.xdist_group("zoo")
 @pytest.mark.parametrize("name", [_params(n) for n in NAMES])
 def test_torchvision_model_converts_and_steps(name):
     torch.manual_seed(0)
