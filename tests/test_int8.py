@@ -180,7 +180,12 @@ class _ProductDtypes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
         if any(p == name or name.startswith(p) for p in self.PRODUCTS):
-            dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor) and a.dim() > 1)
+            operands = args
+            if str(func) == "onednn.qconv2d_pointwise.binary":
+                # argument 6 is the sum post-op's addend (the other E2 plane's float32 output,
+                # already scaled); it is added to the product, never multiplied
+                operands = args[:6] + args[7:]
+            dtypes = tuple(a.dtype for a in operands if isinstance(a, torch.Tensor) and a.dim() > 1)
             self.seen.append((str(func), dtypes))
         return func(*args, **(kwargs or {}))
 

@@ -394,6 +394,79 @@ def test_weight_grad_carries_the_nan_guard(backend):
     assert torch.isfinite(fine).all()
 
 
+def _planes_oracle(coarse, fine, w, size, args, shift, out_exponent):
+    """``(2^shift · P(coarse) + P(fine)) · 2^e`` from the reference's int64 accumulators, the
+    sum exact in int64 and rounded once to float32 (through float64: exact below 2^53)."""
+    acc = [
+        kernels.conv2d_input_grad(p, w, size, *args, backend="reference") for p in (coarse, fine)
+    ]
+    total = acc[0].to(torch.int64) * 2**shift + acc[1].to(torch.int64)
+    return (total.double() * 2.0**out_exponent).float()
+
+
+@pytest.mark.parametrize("backend", [*FAST, "reference"])
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("kind", ["random", "min", "neg127"])
+def test_input_grad_planes_bit_exact(backend, case, kind, monkeypatch):
+    """Two E2 planes' input gradient (the sum inside oneDNN on the CPU) equals the formula from
+    the oracle's integer accumulators, bit for bit — small K (float32 exact) and large K."""
+    gen = torch.Generator().manual_seed(hash((case, kind)) % 1000)
+    x, w, e, args = _conv_inputs(case, torch.int8, gen, kind)
+    fine = codes(e.shape, torch.int8, gen)
+    for shift, out_exponent in ((7, -11), (15, -20), (0, 3)):
+        got = _call(backend, "conv2d_input_grad_planes", torch.cat([e, fine]), w, x.shape, *args,
+                    shift=shift, out_exponent=out_exponent, monkeypatch=monkeypatch)  # fmt: skip
+        exact(got, _planes_oracle(e, fine, w, x.shape, args, shift, out_exponent))
+        assert got.shape == x.shape
+
+
+def test_input_grad_planes_tensor_exponent_nan_guard_and_bad_input():
+    """A 0-dim exponent stays on the device; a NaN guard poisons every element; a wrong call says
+    what is wrong."""
+    gen = torch.Generator().manual_seed(3)
+    e = codes((4, 8, 6, 6), torch.int8, gen)
+    w = codes((8, 5, 3, 3), torch.int8, gen)
+    size = (2, 5, 6, 6)
+    got = kernels.conv2d_input_grad_planes(
+        e, w, size, 1, 1, shift=7, out_exponent=torch.tensor(-9), out_guard=torch.tensor(0.0)
+    )
+    exact(got, _planes_oracle(e[:2], e[2:], w, size, (1, 1, 1, 1), 7, -9))
+    nan = kernels.conv2d_input_grad_planes(
+        e, w, size, 1, 1, shift=7, out_exponent=torch.tensor(-9), out_guard=torch.tensor(torch.nan)
+    )
+    assert torch.isnan(nan).all()
+    with pytest.raises(ValueError, match="two planes of N images"):
+        kernels.conv2d_input_grad_planes(e[:3], w, size, 1, 1, shift=7, out_exponent=0)
+    with pytest.raises(ValueError, match="shift must be an int"):
+        kernels.conv2d_input_grad_planes(e, w, size, 1, 1, shift=-1, out_exponent=0)
+    with pytest.raises(ValueError, match="out_exponent is required"):
+        kernels.conv2d_input_grad_planes(e, w, size, 1, 1, shift=7, out_exponent=None)
+    with pytest.raises(ValueError, match=r"input_size must be \(N, C, H, W\) = \(2, 5"):
+        kernels.conv2d_input_grad_planes(e, w, (4, 5, 6, 6), 1, 1, shift=7, out_exponent=0)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_strided_1x1_input_grad_carries_the_nan_guard(backend, groups):
+    """The 1×1 strided input gradient scatters scaled products into the guard: with a NaN guard
+    every element is NaN (the positions no tap reaches too), with 0 it equals the reference."""
+    gen = torch.Generator().manual_seed(1)
+    e = codes((2, 6, 4, 5), torch.int8, gen)
+    w = codes((6, 4 // groups, 1, 1), torch.int8, gen)
+    nan = torch.tensor(float("nan"))
+    dx = kernels.conv2d_input_grad(
+        e, w, (2, 4, 8, 9), 2, 0, 1, groups, backend=backend, out_exponent=-5, out_guard=nan
+    )
+    assert torch.isnan(dx).all()
+    got = kernels.conv2d_input_grad(
+        e, w, (2, 4, 8, 9), 2, 0, 1, groups, backend=backend, out_exponent=-5,
+        out_guard=torch.tensor(0.0),
+    )  # fmt: skip
+    want = kernels.conv2d_input_grad(e, w, (2, 4, 8, 9), 2, 0, 1, groups, backend="reference",
+                                     out_exponent=-5)  # fmt: skip
+    exact(got, want)
+
+
 # ---------------------------------------------------------------------------------- real CUDA
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "available_backends",
     "conv2d_forward",
     "conv2d_input_grad",
+    "conv2d_input_grad_planes",
     "conv2d_weight_grad",
     "get_backend",
     "get_default_backend",
@@ -231,11 +232,62 @@ def conv2d_input_grad(
     ``torch.nn.grad.conv2d_input``. Exact; ``K = O/g · kh · kw``. The CPU result is channels_last.
     """
     fn = "conv2d_input_grad"
+    size, geometry, out_dtype = _input_grad_args(
+        fn, e, w, input_size, e.shape[0], stride, padding, dilation, groups
+    )
+    check_exponent(fn, out_exponent, out_guard)
+    impl = _resolve(backend, same_device(fn, e, w))
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return impl.conv2d_input_grad(e, w, input_size=size, geometry=geometry, out=out)
+
+
+def conv2d_input_grad_planes(
+    both: torch.Tensor,
+    w: torch.Tensor,
+    input_size: Sequence[int],
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    shift: int,
+    out_exponent: Exponent,
+    out_guard: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The input gradient of an error held as two int8 planes stacked along the batch.
+
+    ``both`` is (2N, O, Ho, Wo): N images of coarse codes, then the same N of fine codes (E2 of
+    the ``int8`` mode, docs/WAGEUBN.md §6). Returns float32 (N, C, H, W)
+    ``(2^shift · P(coarse) + P(fine)) · 2^out_exponent`` rounded once, ``P`` the exact
+    ``conv2d_input_grad``; ``input_size`` is the N-image input's. The CPU backend adds the two
+    planes inside the oneDNN convolution (a sum post-op) where float32 holds each accumulator.
+    """
+    fn = "conv2d_input_grad_planes"
+    if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift <= 30:
+        raise ValueError(f"{fn}: shift must be an int in [0, 30], got {shift!r}")
+    if out_exponent is None:
+        raise ValueError(f"{fn}: out_exponent is required (the result is float32)")
+    if both.dim() == 4 and both.shape[0] % 2:
+        raise ValueError(f"{fn}: both holds two planes of N images each; got a batch of "
+                         f"{both.shape[0]}")  # fmt: skip
+    size, geometry, out_dtype = _input_grad_args(
+        fn, both, w, input_size, both.shape[0] // 2, stride, padding, dilation, groups
+    )
+    check_exponent(fn, out_exponent, out_guard)
+    impl = _resolve(backend, same_device(fn, both, w))
+    out = OutputSpec(out_dtype, out_exponent, out_guard)
+    return impl.conv2d_input_grad_planes(
+        both, w, input_size=size, geometry=geometry, shift=shift, out=out
+    )
+
+
+def _input_grad_args(fn, e, w, input_size, n, stride, padding, dilation, groups):
+    """The checked input size (batch ``n``), geometry and accumulator dtype of an input grad."""
     check_codes(fn, "e", e, 4, False)
     check_codes(fn, "w", w, 4, False)
-    check_exponent(fn, out_exponent, out_guard)
     geometry = conv_geometry(fn, stride, padding, dilation, groups)
-    size = full_size(fn, "input_size", input_size, e.shape[0], w.shape[1] * geometry.groups)
+    size = full_size(fn, "input_size", input_size, n, w.shape[1] * geometry.groups)
     ho, wo = check_conv_shapes(fn, size[1], tuple(w.shape), size[2], size[3], geometry)
     if (e.shape[1], e.shape[2], e.shape[3]) != (w.shape[0], ho, wo):
         raise ValueError(
@@ -243,9 +295,7 @@ def conv2d_input_grad(
             f"weight {tuple(w.shape)} gives ({size[0]}, {w.shape[0]}, {ho}, {wo})"
         )
     out_dtype = check_bound(fn, (w.shape[0] // geometry.groups) * w.shape[2] * w.shape[3], e, w)
-    impl = _resolve(backend, same_device(fn, e, w))
-    out = OutputSpec(out_dtype, out_exponent, out_guard)
-    return impl.conv2d_input_grad(e, w, input_size=size, geometry=geometry, out=out)
+    return size, geometry, out_dtype
 
 
 def conv2d_weight_grad(

@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from .reference import Exponent, Pair
+from .reference import FLOAT_EXACT, Exponent, Pair, accumulator_bound, scale_exact
 
 __all__ = [
     "BACKENDS",
@@ -122,6 +122,35 @@ class KernelBackend(ABC):
         out: OutputSpec,
     ) -> torch.Tensor:
         """(N, C, H, W) x, (N, O, Ho, Wo) e → ``weight_size`` (O, C/g, kh, kw)."""
+
+    def conv2d_input_grad_planes(
+        self,
+        both: torch.Tensor,
+        w: torch.Tensor,
+        *,
+        input_size: Size4,
+        geometry: ConvGeometry,
+        shift: int,
+        out: OutputSpec,
+    ) -> torch.Tensor:
+        """(2N, O, Ho, Wo) coarse-then-fine planes → float32 ``input_size`` (N, C, H, W)
+        ``(2^shift · P(coarse) + P(fine)) · 2^exponent``, rounded once (``P``: the input grad).
+
+        Here from ``conv2d_input_grad`` on both planes at once: where float32 holds every
+        accumulator (``K · max|e| · max|w| <= 2^24``) each half is exact in float32 and one float32
+        addition rounds their sum once; otherwise the exact integer accumulators are combined in
+        float64 (exact below 2^53) and rounded once."""
+        n = both.shape[0] // 2
+        size2 = (2 * n, input_size[1], input_size[2], input_size[3])
+        terms = (w.shape[0] // geometry.groups) * w.shape[2] * w.shape[3]
+        assert out.exponent is not None
+        if accumulator_bound(terms, both.dtype, w.dtype) <= FLOAT_EXACT:
+            y = self.conv2d_input_grad(both, w, input_size=size2, geometry=geometry, out=out)
+            return torch.add(y[n:], y[:n], alpha=float(2**shift))
+        acc = self.conv2d_input_grad(
+            both, w, input_size=size2, geometry=geometry, out=OutputSpec(out.dtype, None)
+        ).to(torch.float64)
+        return scale_exact(acc[:n] * float(2**shift) + acc[n:], out.exponent, out.guard)
 
     def __repr__(self) -> str:
         return f"<wageubn.kernels backend {self.name!r}>"
@@ -289,6 +318,26 @@ class ModuleBackend(KernelBackend):
             x, e, weight_size, *geometry,
             out_dtype=out.dtype, out_exponent=out.exponent, out_guard=out.guard,
         )  # fmt: skip
+
+    def conv2d_input_grad_planes(
+        self,
+        both: torch.Tensor,
+        w: torch.Tensor,
+        *,
+        input_size: Size4,
+        geometry: ConvGeometry,
+        shift: int,
+        out: OutputSpec,
+    ) -> torch.Tensor:
+        fused = getattr(self.kernels, "conv2d_input_grad_planes", None)
+        if fused is not None:  # a module's own form; None where it does not apply
+            y = fused(both, w, input_size, *geometry, shift=shift, out_dtype=out.dtype,
+                      out_exponent=out.exponent, out_guard=out.guard)  # fmt: skip
+            if y is not None:
+                return y
+        return super().conv2d_input_grad_planes(
+            both, w, input_size=input_size, geometry=geometry, shift=shift, out=out
+        )
 
 
 _INSTANCES: dict[str, KernelBackend] = {name: ModuleBackend(name) for name in BACKENDS}

@@ -114,12 +114,30 @@ def gemm_conv2d_input_grad(
     out_guard=None,
     mm: MatMul,
 ):
-    """Input gradient as ``E @ W`` (per group) then a per-tap strided scatter-add (col2im)."""
+    """Input gradient as ``E @ W`` (per group) then a per-tap strided scatter-add (col2im).
+
+    A 1×1 kernel puts each product on its own input position (no two taps meet): the products
+    are scaled to the output first and scattered into zeros, with no accumulator the size of the
+    input."""
     n, o, ho, wo = e.shape
     _, cg, kh, kw = w.shape
     og = o // groups
     h, wd = input_size[2], input_size[3]
     rows = _rows_nhwc(e)  # (N·Ho·Wo, O)
+    if kh == kw == 1 and padding == (0, 0) and out_exponent is not None:
+        shape = (n, h, wd, cg * groups)
+        if out_guard is None:
+            dx = torch.zeros(shape, dtype=torch.float32, device=e.device)
+        else:  # the guard (0 or NaN) everywhere, as the scaled accumulator would carry it
+            dx = out_guard.to(torch.float32).expand(shape).contiguous()
+        r = slice(0, stride[0] * (ho - 1) + 1, stride[0])
+        c = slice(0, stride[1] * (wo - 1) + 1, stride[1])
+        for g in range(groups):
+            wg = w[g * og : (g + 1) * og].reshape(og, cg)
+            acc = to_output(mm(rows[:, g * og : (g + 1) * og], wg, out_dtype), out_exponent,
+                            out_guard)  # fmt: skip
+            dx[:, r, c, g * cg : (g + 1) * cg] = acc.view(n, ho, wo, cg)
+        return dx.permute(0, 3, 1, 2)
     dxp = torch.zeros(
         (n, h + 2 * padding[0], wd + 2 * padding[1], cg * groups), dtype=out_dtype, device=e.device
     )

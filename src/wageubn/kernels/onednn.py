@@ -30,8 +30,10 @@ __all__ = [
     "phase_input_grad",
     "phase_plan",
     "probe_exact",
+    "probe_planes",
     "qconv",
     "qconv_digits",
+    "qconv_planes",
 ]
 
 log = logging.getLogger("wageubn.kernels.cpu")  # the probe's warnings, as before the split
@@ -97,21 +99,27 @@ def as_uint8(x: torch.Tensor, padding=(0, 0)):
     return buf.permute(0, 3, 1, 2), 128, (0, 0)
 
 
-def qconv(xu, zp, w, stride, padding, dilation, groups, exponent, scale=None) -> torch.Tensor:
-    """One oneDNN u8·s8 convolution, float32 channels_last out = ``acc · 2^exponent`` (or
-    ``acc · scale`` for a 0-dim float32 ``scale`` tensor, read by oneDNN on the device)."""
-    o = w.shape[0]
+def _safe_padding(xu, zp, w, padding, dilation):
+    """``(xu, padding)`` with the padding applied explicitly where oneDNN's own was wrong.
+
+    Measured with torch 2.14 / oneDNN 3.12: output windows lying wholly in the padding (padding
+    wider than the kernel, or dilation skipping the interior) came back as garbage; zero-point
+    padding was wrong in such windows too."""
     if padding != (0, 0) and (
         zp != 0
         or max(dilation) > 1
         or any(p > d * (k - 1) for p, d, k in zip(padding, dilation, w.shape[2:], strict=True))
     ):
-        # Measured with torch 2.14 / oneDNN 3.12: output windows lying wholly in the padding
-        # (padding wider than the kernel, or dilation skipping the interior) came back as
-        # garbage; zero-point padding was wrong in such windows too. Pad explicitly instead.
         pad = (padding[1], padding[1], padding[0], padding[0])
-        xu = F.pad(xu, pad, value=zp).contiguous(memory_format=CL)
-        padding = (0, 0)
+        return F.pad(xu, pad, value=zp).contiguous(memory_format=CL), (0, 0)
+    return xu, padding
+
+
+def qconv(xu, zp, w, stride, padding, dilation, groups, exponent, scale=None) -> torch.Tensor:
+    """One oneDNN u8·s8 convolution, float32 channels_last out = ``acc · 2^exponent`` (or
+    ``acc · scale`` for a 0-dim float32 ``scale`` tensor, read by oneDNN on the device)."""
+    o = w.shape[0]
+    xu, padding = _safe_padding(xu, zp, w, padding, dilation)
     if scale is None:
         e_x = exponent // 2  # split the scale so each factor is a normal float32
         w_scale = torch.full((o,), 2.0 ** (exponent - e_x), dtype=torch.float32)
@@ -144,6 +152,55 @@ def qconv(xu, zp, w, stride, padding, dilation, groups, exponent, scale=None) ->
     )
 
 
+def qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, shift) -> torch.Tensor:
+    """``(2^shift · conv(coarse) + conv(fine)) · scale`` for ``xu`` = coarse images then fine
+    ones (2N): the fine convolution's float32 output is the accumulator of the coarse one's sum
+    post-op, so the addition happens inside oneDNN, rounded once (each product is exact in
+    float32 when the caller has bounded the accumulators below 2^24); one weight packing."""
+    n = xu.shape[0] // 2
+    o = w.shape[0]
+    xu, padding = _safe_padding(xu, zp, w, padding, dilation)
+    coarse, fine = xu[:n], xu[n:]
+    w_scale = scale.to(torch.float32).reshape(1).expand(o).contiguous()
+    w_zp = torch.zeros((o,), dtype=torch.int64)
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    packed = torch.ops.onednn.qconv_prepack(
+        w, w_scale, 1.0, zp, stride, padding, dilation, groups, list(fine.shape)
+    )
+    geometry = (stride, padding, dilation, groups)
+    y = torch.ops.onednn.qconv2d_pointwise(
+        fine, 1.0, zp, packed, w_scale, w_zp, None, *geometry, 1.0, 0, torch.float32, "none",
+        [], "",
+    )  # fmt: skip
+    return torch.ops.onednn.qconv2d_pointwise.binary(
+        coarse, 1.0, zp, packed, w_scale * float(2**shift), w_zp, y, None, *geometry, 1.0, 0,
+        torch.float32, 1.0, 0, "sum", None, "none", [], "",
+    )  # fmt: skip
+
+
+def probe_planes() -> bool:
+    """``qconv_planes`` (the sum post-op with a float32 accumulator) exists and is exact here,
+    extreme codes included, against float64 (exact at this size)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 8, 6, 5), dtype=torch.uint8, generator=gen)
+    x[0], x[2, :4] = 255, 0
+    w = torch.randint(-128, 128, (3, 8, 3, 3), dtype=torch.int8, generator=gen)
+    scale = torch.tensor(2.0**-9)
+    try:
+        got = qconv_planes(
+            x.contiguous(memory_format=CL), 128, w, (1, 1), (0, 0), (1, 1), 1, scale, 7
+        )
+    except RuntimeError as err:  # the overload is missing or rejects these arguments
+        log.warning("oneDNN's conv sum post-op is unusable (%s); the planes add in torch", err)
+        return False
+    acc = F.conv2d(x.double() - 128, w.double())
+    want = ((acc[:2] * 2.0**7 + acc[2:]) * 2.0**-9).float()
+    if not torch.equal(got, want):
+        log.warning("oneDNN's conv sum post-op is inexact on this CPU; the planes add in torch")
+        return False
+    return True
+
+
 def qconv_digits(xu, zp, w, stride, padding, dilation, groups, out_dtype) -> torch.Tensor:
     """Exact integer conv when float32 cannot hold the accumulator: ``w = 16·hi + lo`` with
     ``hi ∈ [−8, 8]``, ``lo ∈ [−8, 7]``; one call with both digit planes as 2·O channels."""
@@ -163,12 +220,32 @@ def qconv_digits(xu, zp, w, stride, padding, dilation, groups, out_dtype) -> tor
 
 
 def onednn_conv(
-    xu, zp, w, stride, padding, dilation, groups, *, terms, out_dtype, out_exponent, out_guard=None
+    xu,
+    zp,
+    w,
+    stride,
+    padding,
+    dilation,
+    groups,
+    *,
+    terms,
+    out_dtype,
+    out_exponent,
+    out_guard=None,
+    planes_shift=None,
 ):
-    """Exact result through oneDNN, or None when no bound proves it exact (caller uses GEMM)."""
+    """Exact result through oneDNN, or None when no bound proves it exact (caller uses GEMM).
+    With ``planes_shift``, ``xu`` holds two planes (``qconv_planes``)."""
     if terms * 255 * 128 > INT32_MAX:  # oneDNN's own int32 accumulator of u8 · s8
         return None
     bound = terms * (255 if zp == 0 else 128) * 128
+    if planes_shift is not None:
+        if bound > FLOAT_EXACT or out_exponent is None:
+            return None
+        if isinstance(out_exponent, int) and not -126 <= out_exponent <= 127 - planes_shift:
+            return None
+        scale = scale_tensor(out_exponent, out_guard, torch.float32, xu.device)
+        return qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, planes_shift)
     if out_exponent is not None and (
         isinstance(out_exponent, torch.Tensor) or out_guard is not None
     ):
@@ -212,11 +289,26 @@ def phase_plan(k: int, s: int, d: int, p: int, size: int, n_out: int):
 
 
 def phase_input_grad(
-    e, w, input_size, stride, padding, dilation, groups, *, out_dtype, out_exponent, out_guard=None
+    e,
+    w,
+    input_size,
+    stride,
+    padding,
+    dilation,
+    groups,
+    *,
+    out_dtype,
+    out_exponent,
+    out_guard=None,
+    planes_shift=None,
 ):
     """Input gradient through oneDNN: one stride-1 conv with ``s_h·s_w·C`` output channels whose
-    kernel holds the flipped taps of every phase, then each phase copied to its strided rows."""
+    kernel holds the flipped taps of every phase, then each phase copied to its strided rows.
+    With ``planes_shift``, ``e`` is two planes of N images each (``qconv_planes``) and the
+    result has N images."""
     n, o, ho, wo = e.shape
+    if planes_shift is not None:
+        n //= 2
     _, cg, kh, kw = w.shape
     og, c = o // groups, cg * groups
     h, wd = input_size[2], input_size[3]
@@ -247,6 +339,7 @@ def phase_input_grad(
         out_dtype=out_dtype,
         out_exponent=out_exponent,
         out_guard=out_guard,
+        planes_shift=planes_shift,
     )
     if y is None:
         return None

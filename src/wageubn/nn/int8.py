@@ -183,18 +183,14 @@ class _IntegerProducts:
         )  # fmt: skip
 
     def conv_input(self, planes, w, ew, shape, geom, bits):
-        # one convolution over both planes stacked along the batch (2·N images)
+        # one product over both planes stacked along the batch (2·N images), combined by the
+        # kernel (inside oneDNN's convolution on the CPU)
         n, o, h, wd = planes.shape
         both = planes.major.view(2 * n, h, wd, o).permute(0, 3, 1, 2)
-
-        def product(e, out_exponent, guard):
-            return kernels.conv2d_input_grad(
-                e, w, (2 * n, *shape[1:]), *geom, backend=self.backend,
-                out_exponent=out_exponent, out_guard=guard,
-            )  # fmt: skip
-
-        k = (w.shape[0] // geom[3]) * w.shape[2] * w.shape[3]
-        return _two_plane_product(product, both, planes, k, bits, ew)
+        return kernels.conv2d_input_grad_planes(
+            both, w, shape, *geom, shift=bits - 1, backend=self.backend,
+            out_exponent=planes.exponent - (bits - 1) + ew, out_guard=planes.guard,
+        )  # fmt: skip
 
     def conv_weight(self, a: ActivationCodes, planes, wshape, geom, bits):
         # one GEMM over both planes side by side (2·O outputs) shares the im2col of A
