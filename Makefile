@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(PY) -m wageubn train configs/mnist_cnn_paper.yaml
 
 # Two pytest-xdist workers, one torch thread each on a 2-core machine (tests/conftest.py); tests
-# that must not run side by side share an xdist_group (tests/test_zoo.py: the largest models).
+# that must not run side by side share an xdist_group (tests/test_zoo.py), and the torchvision
+# models above 100M parameters (marker `bigmem`, up to ~17 GB each) run alone afterwards.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not bigmem"
+	$(PY) -m pytest -q -m bigmem
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import reference as ref
+from test_int8 import _ProductDtypes  # the product-dtype recorder shared with the conv tests
 from wageubn import QSGD, UnsupportedModuleError, WAGEUBNConfig, kernels, quantize_, to_float_
 from wageubn.nn import QuantLinear, QuantMultiheadAttention
 from wageubn.optim import parameter_roles
@@ -137,24 +137,6 @@ def test_int8_forward_is_the_formula_on_the_fit_grid():
     out, w_ref = _ref_attention(copy.deepcopy(f), x, kv, int8=True)
     torch.testing.assert_close(got, out, **EXACT)
     torch.testing.assert_close(w, w_ref, **EXACT)
-
-
-class _ProductDtypes(TorchDispatchMode):
-    """The input dtypes of every matmul/convolution op that runs."""
-
-    PRODUCTS = ("convolution", "mm", "addmm", "bmm", "baddbmm", "matmul", "_int_mm", "qconv",
-                "qlinear", "linear", "_scaled_dot_product", "einsum")  # fmt: skip
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[tuple[str, tuple]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        if any(p == name or name.startswith(p) for p in self.PRODUCTS):
-            dtypes = tuple(a.dtype for a in args if isinstance(a, torch.Tensor) and a.dim() > 1)
-            self.seen.append((str(func), dtypes))
-        return func(*args, **(kwargs or {}))
 
 
 class TinyTransformer(nn.Module):

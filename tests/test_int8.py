@@ -159,19 +159,11 @@ def test_training_step_integer_equals_float_simulation(backend):
 
 
 class _ProductDtypes(TorchDispatchMode):
-    """Records the input dtypes of every matmul/convolution op that runs."""
+    """Records the input dtypes of every matmul/convolution op that runs (also used by
+    tests/test_attention.py)."""
 
-    PRODUCTS = (
-        "convolution",
-        "mm",
-        "addmm",
-        "bmm",
-        "matmul",
-        "_int_mm",
-        "qconv",
-        "qlinear",
-        "linear",
-    )
+    PRODUCTS = ("convolution", "mm", "addmm", "bmm", "baddbmm", "matmul", "_int_mm", "qconv",
+                "qlinear", "linear", "_scaled_dot_product", "einsum")  # fmt: skip
 
     def __init__(self):
         super().__init__()
