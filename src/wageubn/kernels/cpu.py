@@ -260,6 +260,13 @@ def conv2d_forward(
     )
 
 
+def _onednn_input_grad(w: torch.Tensor, stride: Pair, groups: int) -> bool:
+    """Whether an input gradient takes the oneDNN phase form: the error enters oneDNN with zero
+    point 128, which grouped convolutions got wrong; a 1×1 strided one is a plain GEMM."""
+    one_by_one = w.shape[2] == w.shape[3] == 1
+    return _onednn_exact() and groups == 1 and not (one_by_one and stride != (1, 1))
+
+
 def conv2d_input_grad(
     e: torch.Tensor,
     w: torch.Tensor,
@@ -274,9 +281,7 @@ def conv2d_input_grad(
     out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Phase-decomposed oneDNN convolution; 1×1 strided (and fallback) by GEMM + scatter."""
-    one_by_one = w.shape[2] == w.shape[3] == 1
-    # the error enters oneDNN with zero point 128, which grouped convolutions got wrong
-    if _onednn_exact() and groups == 1 and not (one_by_one and stride != (1, 1)):
+    if _onednn_input_grad(w, stride, groups):
         dx = onednn.phase_input_grad(
             e,
             w,
@@ -322,12 +327,8 @@ def conv2d_input_grad_planes(
 ) -> torch.Tensor | None:
     """Two planes' input gradient with their sum inside oneDNN (``onednn.qconv_planes``); None
     where that form does not apply (the backend then adds the planes in torch)."""
-    one_by_one = w.shape[2] == w.shape[3] == 1
     if not (
-        _onednn_exact()
-        and _probed("onednn_planes", onednn.probe_planes)
-        and groups == 1
-        and not (one_by_one and stride != (1, 1))
+        _onednn_input_grad(w, stride, groups) and _probed("onednn_planes", onednn.probe_planes)
     ):
         return None
     return onednn.phase_input_grad(

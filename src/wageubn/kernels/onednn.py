@@ -126,30 +126,29 @@ def qconv(xu, zp, w, stride, padding, dilation, groups, exponent, scale=None) ->
     else:
         e_x = 0
         w_scale = scale.to(torch.float32).reshape(1).expand(o).contiguous()
-    w_zp = torch.zeros((o,), dtype=torch.int64)
-    stride, padding, dilation = list(stride), list(padding), list(dilation)
-    packed = torch.ops.onednn.qconv_prepack(
-        w, w_scale, 2.0**e_x, zp, stride, padding, dilation, groups, list(xu.shape)
-    )
-    return torch.ops.onednn.qconv2d_pointwise(
-        xu,
-        2.0**e_x,
-        zp,
-        packed,
-        w_scale,
-        w_zp,
-        None,
-        stride,
-        padding,
-        dilation,
-        groups,
-        1.0,
-        0,
-        torch.float32,
-        "none",
-        [],
-        "",
-    )
+    geometry = (list(stride), list(padding), list(dilation), groups)
+    packed = _pack(w, w_scale, 2.0**e_x, zp, geometry, xu.shape)
+    return _run(xu, 2.0**e_x, zp, packed, w_scale, geometry)
+
+
+def _pack(w, w_scale, x_scale, zp, geometry, x_shape):
+    """The weights packed by oneDNN for inputs of ``x_shape`` (``geometry``: the list form)."""
+    return torch.ops.onednn.qconv_prepack(w, w_scale, x_scale, zp, *geometry, list(x_shape))
+
+
+def _run(x, x_scale, zp, packed, w_scale, geometry, accum=None) -> torch.Tensor:
+    """float32 ``acc · x_scale · w_scale`` of one packed convolution, plus ``accum`` (a float32
+    tensor of the output's shape, added by oneDNN's sum post-op and returned) when given."""
+    w_zp = torch.zeros((w_scale.shape[0],), dtype=torch.int64)
+    if accum is None:
+        return torch.ops.onednn.qconv2d_pointwise(
+            x, x_scale, zp, packed, w_scale, w_zp, None, *geometry, 1.0, 0, torch.float32,
+            "none", [], "",
+        )  # fmt: skip
+    return torch.ops.onednn.qconv2d_pointwise.binary(
+        x, x_scale, zp, packed, w_scale, w_zp, accum, None, *geometry, 1.0, 0, torch.float32,
+        1.0, 0, "sum", None, "none", [], "",
+    )  # fmt: skip
 
 
 def qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, shift) -> torch.Tensor:
@@ -158,24 +157,13 @@ def qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, shift) -> 
     post-op, so the addition happens inside oneDNN, rounded once (each product is exact in
     float32 when the caller has bounded the accumulators below 2^24); one weight packing."""
     n = xu.shape[0] // 2
-    o = w.shape[0]
     xu, padding = _safe_padding(xu, zp, w, padding, dilation)
     coarse, fine = xu[:n], xu[n:]
-    w_scale = scale.to(torch.float32).reshape(1).expand(o).contiguous()
-    w_zp = torch.zeros((o,), dtype=torch.int64)
-    stride, padding, dilation = list(stride), list(padding), list(dilation)
-    packed = torch.ops.onednn.qconv_prepack(
-        w, w_scale, 1.0, zp, stride, padding, dilation, groups, list(fine.shape)
-    )
-    geometry = (stride, padding, dilation, groups)
-    y = torch.ops.onednn.qconv2d_pointwise(
-        fine, 1.0, zp, packed, w_scale, w_zp, None, *geometry, 1.0, 0, torch.float32, "none",
-        [], "",
-    )  # fmt: skip
-    return torch.ops.onednn.qconv2d_pointwise.binary(
-        coarse, 1.0, zp, packed, w_scale * float(2**shift), w_zp, y, None, *geometry, 1.0, 0,
-        torch.float32, 1.0, 0, "sum", None, "none", [], "",
-    )  # fmt: skip
+    w_scale = scale.to(torch.float32).reshape(1).expand(w.shape[0]).contiguous()
+    geometry = (list(stride), list(padding), list(dilation), groups)
+    packed = _pack(w, w_scale, 1.0, zp, geometry, fine.shape)
+    y = _run(fine, 1.0, zp, packed, w_scale, geometry)
+    return _run(coarse, 1.0, zp, packed, w_scale * float(2**shift), geometry, accum=y)
 
 
 def probe_planes() -> bool:
