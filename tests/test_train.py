@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wageubn.optim import parameter_roles
 from wageubn.train import (
     CheckpointError,
     PiecewiseConstant,
@@ -164,6 +165,54 @@ def test_lr_schedule_decaying_to_zero_finishes_the_run(tmp_path, monkeypatch):
     for key, value in before.items():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.equal(value, after[key]), key
+
+
+def test_float_lr_config_is_checked():
+    """optim.float_lr: null (= lr) or an lr that quantizes to a non-zero value."""
+    assert load_run_config(None, {}).optim.float_lr is None
+    for value, msg in [
+        (0, "optim.float_lr must be > 0 or null"),
+        (-0.5, "optim.float_lr must be > 0 or null"),
+        (0.0004, "optim.float_lr 0.0004.*quantizes to 0 with 10 lr bits"),
+    ]:
+        with pytest.raises(RunConfigError, match=msg):
+            load_run_config(None, {"optim.float_lr": value})
+
+
+def _steps(cfg: RunConfig, n: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """``n`` training steps of ``cfg`` in the trainer's own model/optimizer/schedule."""
+    model, opt, schedule = prepare_module.build_training(cfg, 10, 1)
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(n, 8, 1, 28, 28, generator=gen), torch.randint(0, 10, (n, 8), generator=gen)
+    for i in range(n):
+        schedule.apply(opt, epoch=i)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, opt.param_groups
+
+
+@pytest.mark.parametrize("preset", ["paper", "fp32"])
+def test_float_lr_moves_only_the_float_parameters(tmp_path, preset):
+    """float_lr equal to lr trains bit for bit like no float_lr; another float_lr changes the
+    float parameters (stem, head) only in the first step, and follows the lr multipliers."""
+    over = {"quant__preset": preset, "optim__lr_milestones": [1],
+            "optim__lr_multipliers": [1.0, 0.5]}  # fmt: skip
+    base, _ = _steps(tiny(tmp_path, **over), 1)
+    same, _ = _steps(tiny(tmp_path, **over, optim__float_lr=0.0625), 1)
+    other, groups = _steps(tiny(tmp_path, **over, optim__float_lr=0.25), 1)
+    assert base.keys() == same.keys() == other.keys()
+    for k in base:
+        assert torch.equal(base[k], same[k]), k
+    model, _, _ = prepare_module.build_training(tiny(tmp_path, **over), 10, 1)
+    floats = {n for n, r in parameter_roles(model).items() if r == "float"}
+    assert floats and floats != set(dict(model.named_parameters()))
+    for k in dict(model.named_parameters()):
+        assert torch.equal(base[k], other[k]) == (k not in floats), k
+    assert {g["role"]: g["lr"] for g in groups} == {"weight": 0.0625, "bn": 0.0625, "float": 0.25}
+    _, groups = _steps(tiny(tmp_path, **over, optim__float_lr=0.25), 2)  # epoch 1: × 0.5
+    assert {g["role"]: g["lr"] for g in groups} == {"weight": 0.03125, "bn": 0.03125,
+                                                    "float": 0.125}  # fmt: skip
 
 
 def test_imagenet_recipe_schedule():

@@ -83,6 +83,8 @@ class OptimSection:
     lr: float = 0.05
     """Base learning rate; quantized to ``quant.lr`` bits (10: a multiple of 2^-9) at each step.
     Must quantize to a non-zero value (10 bits: lr >= 2^-10)."""
+    float_lr: float | None = None
+    """lr of the parameters that stay float (stem, head, float biases), scheduled like lr; None = lr (the paper: one lr). Opt-in."""
     momentum: float = 0.25
     """Momentum m of QSGD: ``acc = m·acc + G`` (quantized to ``quant.momentum`` bits), in [0, 1]."""
     weight_decay: float = 1e-4
@@ -257,6 +259,8 @@ class RunConfig:
                 errors.append(f"{key} must be >= 0, got {value}")
         if not o.lr > 0:
             errors.append(f"optim.lr must be > 0, got {o.lr}; the paper's base lr is 0.05")
+        if o.float_lr is not None and not o.float_lr > 0:
+            errors.append(f"optim.float_lr must be > 0 or null (= optim.lr), got {o.float_lr}")
         if not 0 <= o.momentum <= 1:
             errors.append(
                 f"optim.momentum must be in [0, 1], got {o.momentum}; the paper uses 0.25"
@@ -293,16 +297,18 @@ class RunConfig:
                 errors.append(f"optim.grad_range_values: {exc}")
         # The base lr must train; a scheduled lr (lr × a multiplier) may decay to one that
         # quantizes to 0: those epochs apply no update (QSGD warns once) and the run finishes.
-        if o.lr > 0:
+        for key, lr in (("lr", o.lr), ("float_lr", o.float_lr)):
+            if lr is None or not lr > 0:
+                continue
             try:
-                lr_q = quantized_lr(o.lr, qcfg)
+                lr_q = quantized_lr(lr, qcfg)
             except ValueError as exc:
-                errors.append(f"optim.lr {o.lr:g}: {exc}")
+                errors.append(f"optim.{key} {lr:g}: {exc}")
             else:  # whether quantized_lr raises for a zero result or returns it
                 if lr_q == 0 and qcfg.lr is not None:  # (with lr bits: lr_q == lr > 0 otherwise)
                     errors.append(
-                        f"optim.lr {o.lr:g} quantizes to 0 with {qcfg.lr} lr bits; use "
-                        f"lr >= {2.0**-qcfg.lr:g} or more lr bits (--quant.lr)"
+                        f"optim.{key} {lr:g} quantizes to 0 with {qcfg.lr} lr bits; use "
+                        f"{key} >= {2.0**-qcfg.lr:g} or more lr bits (--quant.lr)"
                     )
         if any(not m >= 0 for m in o.lr_multipliers):
             errors.append(f"optim.lr_multipliers must be >= 0, got {o.lr_multipliers}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.progress import Progress
 from ..data import Batches, derive_seed, load_dataset
-from ..optim import QSGD
+from ..optim import QSGD, param_groups
 from ..run.config import RunConfig, RunConfigError
 from ..run.model import build_model
 from . import parallel
@@ -79,8 +79,11 @@ def build_training(
     sr = torch.Generator(device=device).manual_seed(
         derive_seed(cfg.train.seed, "stochastic-rounding")
     )
+    params: Any = model.parameters()
+    if cfg.optim.float_lr is not None:  # the float parameters in their own group, at their lr
+        params = [{**g, "lr": schedule.lr(0, g["role"])} for g in param_groups(model)]
     opt = QSGD(
-        model.parameters(),
+        params,
         lr=schedule.lr(0),
         momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,

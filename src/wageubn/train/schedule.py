@@ -56,9 +56,11 @@ class Schedule:
         lr_multipliers: Sequence[float],
         grad_range_values: Sequence[int] | None,
         default_grad_range: int,
+        float_lr: float | None = None,
     ) -> None:
         ms = tuple(int(m) for m in milestones)
         self.base_lr = float(base_lr)
+        self.float_lr = None if float_lr is None else float(float_lr)
         self.lr_multiplier = PiecewiseConstant(ms, tuple(float(v) for v in lr_multipliers))
         drs = grad_range_values or [default_grad_range] * (len(ms) + 1)
         self.grad_range = PiecewiseConstant(ms, tuple(int(v) for v in drs))
@@ -71,16 +73,21 @@ class Schedule:
             optim.lr_multipliers,
             optim.grad_range_values,
             default_grad_range,
+            optim.float_lr,
         )
 
-    def lr(self, epoch: int) -> float:
-        return self.base_lr * self.lr_multiplier(epoch)
+    def lr(self, epoch: int, role: str | None = None) -> float:
+        """The scheduled lr of ``epoch``; of the param groups with ``role`` "float", the scheduled
+        ``float_lr`` when one is set."""
+        base = self.float_lr if role == "float" and self.float_lr is not None else self.base_lr
+        return base * self.lr_multiplier(epoch)
 
     def apply(self, optimizer: torch.optim.Optimizer, epoch: int) -> tuple[float, int]:
-        """Set ``lr`` and ``grad_range`` of every param group for ``epoch``; returns both."""
+        """Set ``lr`` and ``grad_range`` of every param group for ``epoch``; returns the lr of
+        the quantized layers and dr."""
         lr, dr = self.lr(epoch), int(self.grad_range(epoch))
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr(epoch, group.get("role"))
             if "grad_range" in group:
                 group["grad_range"] = dr
         return lr, dr
