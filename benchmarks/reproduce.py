@@ -76,6 +76,24 @@ SECTIONS: dict[str, tuple[str, list[tuple[str, str, list[str]]]]] = {
 }
 
 
+def _same_recipe(run_dir: Path, cfg: Any) -> None:
+    """Refuse to read back or resume a run directory trained with another recipe."""
+    import yaml
+
+    from wageubn.run.config import RunConfig
+    from wageubn.train.resume import RESUMABLE_KEYS, flatten
+
+    saved = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    now, then = flatten(cfg.to_dict()), flatten(saved.to_dict())
+    diffs = [f"{k} {then.get(k)!r} there vs {now.get(k)!r} now" for k in sorted(set(now) | set(then))
+             if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)]  # fmt: skip
+    if diffs:
+        raise SystemExit(
+            f"{run_dir} was trained with another recipe ({'; '.join(diffs)}); remove it or pass "
+            "another --out"
+        )
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     """The final evaluation of a completed run directory, or None."""
     from wageubn.train.lifecycle import describe_status
@@ -109,6 +127,8 @@ def run(name: str, config: str, overrides: list[str], out: str, threads: int) ->
             str(threads),
         ],  # fmt: skip
     )
+    if (run_dir / "config.yaml").is_file():
+        _same_recipe(run_dir, cfg)
     done = _finished(run_dir)
     reused = done is not None
     if done is None:
