@@ -7,8 +7,8 @@
   (``--model.name torchvision.models:VisionTransformer``).
 
 Every run: the same seed, ``--train-subset`` training images (the first N of MNIST's 50k), one
-pass each ``--epochs``, batch 64, momentum 1/4, the lr of the config (MobileNetV2's fp32 run at
-its better lr 0.125: ``FP32_OVERRIDES``), evaluated on the 10k test images.
+pass each ``--epochs``, batch 64, momentum 1/4, the lr of the config (fp32 at its own lr where
+``FP32_OVERRIDES`` names one), evaluated on the 10k test images.
 Writes ``benchmarks/results/zoo_reproduce.md`` (the README's table) and ``zoo_reproduce.json``::
 
     python benchmarks/zoo_reproduce.py                       # ~1 h on 2 busy cores
@@ -34,18 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "mobilenet_v2": (
         "zoo_mnist_mobilenet_v2.yaml",
-        "MobileNetV2 (torchvision, width 0.5): `paper`/`int8` with the depthwise recipe — lr 0.25, "
-        "stem and head quantized, `grad_scale: channel` (the config); fp32 at its better lr 0.125",
+        "MobileNetV2 (torchvision, width 0.5), lr 0.125",
     ),
     "vit": (
         "zoo_mnist_vit.yaml",
         "ViT (torchvision VisionTransformer: patch 4, 4 blocks, width 128), lr 0.125",
     ),
 }
-# fp32's own lr where the quantized recipe takes a larger one (docs/accuracy.md: the quantized
-# layers want twice fp32's lr; fp32 is worse there: MobileNetV2 92.7 % at 0.125, 87.6 % at 0.25
-# after 156 steps)
-FP32_OVERRIDES = {"mobilenet_v2": ["--optim.lr", "0.125"]}
+# fp32's own lr for a model whose quantized recipe takes a larger one (docs/accuracy.md: the
+# quantized layers want about twice fp32's lr), e.g. {"mobilenet_v2": ["--optim.lr", "0.125"]}
+FP32_OVERRIDES: dict[str, list[str]] = {}
 PRESETS = ("fp32", "paper", "int8")
 
 
