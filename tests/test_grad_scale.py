@@ -170,3 +170,25 @@ def test_qsgd_applies_channel_cq_to_weight_gradients():
     expected = device.q_direct(before - 0.125 * gq, cfg.update)
     _exact(w.detach(), expected)
     assert all(torch.count_nonzero(w.detach()[i] - before[i]) > 0 for i in range(4))
+
+
+def test_qsgd_warns_about_weight_decay_with_the_channel_scale():
+    """Weight decay under per-channel CQ drives small-gradient channels to 0 at full steps
+    (docs/quantizers.md): QSGD says so once at construction; without decay, or with the paper's
+    per-tensor scale, it is silent."""
+    import warnings
+
+    cfg = WAGEUBNConfig.preset("paper").replace(grad_scale="channel")
+    conv = torch.nn.Conv2d(4, 4, 3, groups=4, bias=False)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), conv)
+    quantize_(model, cfg)
+    with pytest.warns(
+        RuntimeWarning, match="weight decay with grad_scale='channel'.*weight_decay=0"
+    ):
+        QSGD(model.parameters(), lr=0.125, weight_decay=1e-4, config=cfg)
+    paper = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.Conv2d(4, 4, 3, groups=4))
+    quantize_(paper, "paper")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        QSGD(model.parameters(), lr=0.125, weight_decay=0, config=cfg)
+        QSGD(paper.parameters(), lr=0.125, weight_decay=1e-4)

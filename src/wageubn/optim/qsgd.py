@@ -132,6 +132,14 @@ class QSGD(torch.optim.Optimizer):
         self._find_roles()  # the layers holding the parameters now (later ones: at first use)
         self._held: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         quantized_lr(lr, config)  # fail at construction, not at the first step
+        decayed = any(g["weight_decay"] > 0 for g in self.param_groups)
+        if config.grad_scale == "channel" and decayed and config.grad is not None:
+            warnings.warn(
+                "QSGD: weight decay with grad_scale='channel' drives channels whose gradient is "
+                "small to 0 at full CQ steps (docs/quantizers.md); use weight_decay=0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     @classmethod
     def from_model(
