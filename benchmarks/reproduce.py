@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     runs_min = sum(r["wall_s"] or 0.0 for r in rows) / 60  # read-back runs count their own time
     lines = [
         f"Measured with `python benchmarks/reproduce.py --sections {','.join(sections)}"
-        f"{' --jobs ' + str(args.jobs) if args.jobs > 1 else ''}` (runs total {runs_min:.0f} min"
+        f"{' --jobs ' + str(args.jobs) if args.jobs > 1 else ''}"
+        f"{' --threads ' + str(args.threads) if args.threads else ''}` (runs total {runs_min:.0f} min"
         f"{', ' + str(args.jobs) + ' at a time' if args.jobs > 1 else ''}) on "
         f"{platform.machine()}, {threads} thread(s) per run, torch {torch.__version__}; seed 0 "
         "for every run.",
