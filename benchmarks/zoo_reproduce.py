@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -105,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         model_rows.sort(key=lambda r: PRESETS.index(r["preset"]))
     total = sum(r["wall_s"] for model_rows in rows.values() for r in model_rows)
     lines = [
-        f"Measured with `python benchmarks/zoo_reproduce.py --epochs {args.epochs} "
-        f"--train-subset {args.train_subset}` (runs total {total / 60:.0f} min) on "
-        f"{platform.machine()} with {args.threads} thread(s), torch {torch.__version__}; seed 0 "
+        f"Measured with `python benchmarks/zoo_reproduce.py {' '.join(argv or sys.argv[1:])}` "
+        f"(runs total {total / 60:.0f} min) on {platform.machine()}, {args.threads} thread(s) "
+        f"per run trained now (merged rows: their own), torch {torch.__version__}; seed 0 "
         f"for every run; MNIST, the first {args.train_subset} training images, the 10k test "
         "images; batch 64, momentum 1/4.",
         "",
