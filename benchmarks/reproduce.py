@@ -179,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="mnist_1epoch,fashion_resnet20",
                    help=f"comma-separated, from {', '.join(SECTIONS)}")  # fmt: skip
     p.add_argument("--presets", default=",".join(PRESETS), help="comma-separated subset")
+    p.add_argument("--seed", type=int, default=0,
+                   help="train.seed of every run (not 0: runs under OUT/seedN, results *_seedN)")  # fmt: skip
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     p.add_argument("--threads", type=int, default=None, help="per run (default cores // jobs)")
@@ -192,23 +194,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"{', '.join(PRESETS)}), or --jobs/--threads below 1")  # fmt: skip
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     t0 = time.perf_counter()
-    todo = [(s, spec) for s in sections for spec in SECTIONS[s][1]
-            if spec[0].split("-", 1)[1] in presets]  # fmt: skip
+    todo = [(s, (name, config, [*over, "--train.seed", str(args.seed)]))
+            for s in sections for name, config, over in SECTIONS[s][1]
+            if name.split("-", 1)[1] in presets]  # fmt: skip
+    out = args.out if args.seed == 0 else str(Path(args.out) / f"seed{args.seed}")
+    suffix = "" if args.seed == 0 else f"_seed{args.seed}"
     if args.jobs == 1:
-        rows = [run(*spec, args.out, threads) for _, spec in todo]
+        rows = [run(*spec, out, threads) for _, spec in todo]
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run, *spec, args.out, threads) for _, spec in todo]
+            futures = [pool.submit(run, *spec, out, threads) for _, spec in todo]
             rows = [f.result() for f in futures]
     print(f"reproduce.py: {(time.perf_counter() - t0) / 60:.0f} min", flush=True)
     runs_min = sum(r["wall_s"] or 0.0 for r in rows) / 60  # read-back runs count their own time
     lines = [
         f"Measured with `python benchmarks/reproduce.py --sections {','.join(sections)}"
         f"{' --jobs ' + str(args.jobs) if args.jobs > 1 else ''}"
-        f"{' --threads ' + str(args.threads) if args.threads else ''}` (runs total {runs_min:.0f} min"
+        f"{' --threads ' + str(args.threads) if args.threads else ''}"
+        f"{' --seed ' + str(args.seed) if args.seed else ''}` (runs total {runs_min:.0f} min"
         f"{', ' + str(args.jobs) + ' at a time' if args.jobs > 1 else ''}) on "
-        f"{platform.machine()}, {threads} thread(s) per run, torch {torch.__version__}; seed 0 "
-        "for every run.",
+        f"{platform.machine()}, {threads} thread(s) per run, torch {torch.__version__}; seed "
+        f"{args.seed} for every run.",
         "",
     ]
     by_section: dict[str, list[dict]] = {}
@@ -219,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for s, srows in by_section.items():  # one file per section: a later run of another keeps it
         text = [*lines, *table(srows, SECTIONS[s][0])]
         text.append(f"The paper's reported ImageNet gaps for comparison: {PAPER_GAPS}.")
-        (results / f"reproduce_{s}.md").write_text("\n".join(text) + "\n")
-        (results / f"reproduce_{s}.json").write_text(json.dumps(srows, indent=2) + "\n")
+        (results / f"reproduce_{s}{suffix}.md").write_text("\n".join(text) + "\n")
+        (results / f"reproduce_{s}{suffix}.json").write_text(json.dumps(srows, indent=2) + "\n")
         print("\n".join(text))
     return 0
 

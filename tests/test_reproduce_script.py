@@ -41,3 +41,16 @@ def test_reproduce_reads_back_and_refuses_another_recipe(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"another recipe \(optim.lr 0.25 there vs 0.125 now\)"):
         reproduce.main([*argv[:-2], "--presets", "paper"])
     assert (tmp_path / "runs" / "tiny-paper" / "metrics.jsonl").read_text() == before
+
+
+def test_reproduce_seed_keeps_its_own_runs_and_results(tmp_path, monkeypatch):
+    """``--seed N``: the runs train with that seed under OUT/seedN and the results carry _seedN."""
+    section = ("tiny MNIST", [("tiny-paper", "mnist_cnn_paper.yaml", TINY)])
+    monkeypatch.setitem(reproduce.SECTIONS, "tiny", section)
+    argv = ["--sections", "tiny", "--out", str(tmp_path / "runs"), "--threads", "1",
+            "--results", str(tmp_path / "results"), "--presets", "paper", "--seed", "3"]  # fmt: skip
+    assert reproduce.main(argv) == 0
+    rows = json.loads((tmp_path / "results" / "reproduce_tiny_seed3.json").read_text())
+    assert rows[0]["run_dir"] == str(tmp_path / "runs" / "seed3" / "tiny-paper")
+    assert "seed 3 for every run" in (tmp_path / "results" / "reproduce_tiny_seed3.md").read_text()
+    assert "seed: 3" in (tmp_path / "runs" / "seed3" / "tiny-paper" / "config.yaml").read_text()
