@@ -81,16 +81,14 @@ def _same_recipe(run_dir: Path, cfg: Any) -> None:
     import yaml
 
     from wageubn.run.config import RunConfig
-    from wageubn.train.resume import RESUMABLE_KEYS, flatten
+    from wageubn.train.resume import recipe_differences
 
     saved = RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    now, then = flatten(cfg.to_dict()), flatten(saved.to_dict())
-    diffs = [f"{k} {then.get(k)!r} there vs {now.get(k)!r} now" for k in sorted(set(now) | set(then))
-             if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)]  # fmt: skip
+    diffs = recipe_differences(cfg, saved.to_dict())
     if diffs:
+        text = "; ".join(f"{k} {then!r} there vs {now!r} now" for k, then, now in diffs)
         raise SystemExit(
-            f"{run_dir} was trained with another recipe ({'; '.join(diffs)}); remove it or pass "
-            "another --out"
+            f"{run_dir} was trained with another recipe ({text}); remove it or pass another --out"
         )
 
 

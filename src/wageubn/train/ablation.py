@@ -48,7 +48,7 @@ from .ablation_report import require_plot, write_results
 from .lifecycle import describe_status
 from .loop import TrainingError, TrainingIOError, train
 from .metrics import read_metrics
-from .resume import RESUMABLE_KEYS, flatten
+from .resume import recipe_differences
 
 __all__ = ["GROUPS", "VARIANTS", "AblationError", "Variant", "ablate", "variants_for"]
 
@@ -235,14 +235,9 @@ def _state(run_dir: Path, vcfg: RunConfig, name: str) -> str:
         saved = RunConfig.from_dict(_read(run_dir / "config.yaml", name), source="config.yaml")
     except RunConfigError as exc:
         raise AblationError(f"{run_dir}/{exc}; remove {run_dir} to train {name} again") from None
-    now, then = flatten(vcfg.to_dict()), flatten(saved.to_dict())
     length = ("train.epochs", "train.max_steps")  # a longer run continues the variant
-    diffs = [
-        k
-        for k in sorted(set(now) | set(then))
-        if (k not in RESUMABLE_KEYS or k in length) and now.get(k) != then.get(k)
-    ]
-    recipe = [f"{k} {then.get(k)!r} there vs {now.get(k)!r} now" for k in diffs if k not in length]
+    diffs = recipe_differences(vcfg, saved.to_dict(), also=length)
+    recipe = [f"{k} {then!r} there vs {now!r} now" for k, then, now in diffs if k not in length]
     if recipe:
         raise AblationError(
             f"{run_dir} was trained with another recipe ({'; '.join(recipe)}); pass another "

@@ -24,6 +24,7 @@ __all__ = [
     "check_resumable",
     "config_from_checkpoint",
     "flatten",
+    "recipe_differences",
 ]
 
 log = logging.getLogger("wageubn.train")
@@ -60,14 +61,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def recipe_differences(
+    cfg: RunConfig, saved: dict[str, Any], also: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, cfg's value)`` for every key outside ``RESUMABLE_KEYS`` (and every
+    key of ``also``) on which ``cfg`` and the saved run config dict ``saved`` differ, sorted."""
+    now, then = flatten(cfg.to_dict()), flatten(saved)
+    return [
+        (k, then.get(k), now.get(k))
+        for k in sorted(set(now) | set(then))
+        if (k not in RESUMABLE_KEYS or k in also) and now.get(k) != then.get(k)
+    ]
+
+
 def check_compatible(cfg: RunConfig, saved: dict[str, Any], path: Path) -> None:
     """Raise ``CheckpointError`` listing every key outside ``RESUMABLE_KEYS`` on which ``cfg``
     and the checkpoint's run config ``saved`` differ."""
-    now, then = flatten(cfg.to_dict()), flatten(saved)
     diffs = [
-        f"{k} {then.get(k)!r} (checkpoint) vs {now.get(k)!r} (now)"
-        for k in sorted(set(now) | set(then))
-        if k not in RESUMABLE_KEYS and now.get(k) != then.get(k)
+        f"{k} {then!r} (checkpoint) vs {now!r} (now)"
+        for k, then, now in recipe_differences(cfg, saved)
     ]
     if diffs:
         raise CheckpointError(
