@@ -146,11 +146,15 @@ def test_one_run_directory_per_variant_with_its_config_and_one_row_each(tmp_path
         assert r["gap_to_fp32_pts"] is None  # fp32 was not run
         last = [m for m in _metrics(r["run_dir"]) if m["kind"] == "eval"][-1]
         assert (r["acc"], r["loss"]) == (last["acc"], last["loss"])
+        trained = [m for m in _metrics(r["run_dir"]) if m["kind"] in ("train", "epoch")][-1]
+        assert r["train_loss"] == trained["loss"] and r["train_loss"] > 0
     doc = json.loads((out / "ablation.json").read_text())
     assert doc["variants"] == rows and doc["config"]["model"]["width"] == 4
     table = (out / "ablation.txt").read_text().splitlines()
     assert table[0].split()[:3] == ["variant", "changed", "test"]
+    assert "train loss" in table[0]
     assert [line.split()[0] for line in table[1:]] == ["baseline", "float-BN", "only-G"]
+    assert f"{rows[0]['train_loss']:.4f}" in table[1].split()
     assert (out / "ablation.png").is_file() == HAVE_MPL
 
 

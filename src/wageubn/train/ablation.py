@@ -264,6 +264,9 @@ def _row(variant: Variant, run_dir: Path, *, reused: bool) -> dict[str, Any]:
             f"says {status!r}; remove {run_dir} to train {variant.name} again"
         )
     last = evals[-1] if ok else None
+    # the training loss it ended at (the last epoch's mean, or the last logged window): a variant
+    # that tests worse *and* trains to a higher loss underfits, one that trains lower overfits
+    logged = [r for r in rows if r.get("kind") in ("train", "epoch") and "loss" in r]
     return {
         "variant": variant.name,
         "changed": variant.changed,
@@ -271,6 +274,7 @@ def _row(variant: Variant, run_dir: Path, *, reused: bool) -> dict[str, Any]:
         "status": status,
         "acc": last["acc"] if last else None,
         "loss": last["loss"] if last else None,
+        "train_loss": logged[-1]["loss"] if ok and logged else None,
         "eval_split": last.get("eval_split") if last else None,
         "gap_to_baseline_pts": None,
         "gap_to_fp32_pts": None,
@@ -348,7 +352,8 @@ def ablate(
     that applies. ``out``: the ablation directory (default ``TRAIN.OUT_DIR/RUN_NAME-ablate``).
     A row: ``variant``, ``changed`` (in words), ``quant`` (the keys set on the config's quant
     section), ``status`` (run.json's), ``acc``/``loss`` (the last evaluation on ``eval_split``,
-    None when the run failed), ``gap_to_baseline_pts``/``gap_to_fp32_pts`` (accuracy minus the
+    None when the run failed), ``train_loss`` (the last logged training loss: the last epoch's
+    mean), ``gap_to_baseline_pts``/``gap_to_fp32_pts`` (accuracy minus the
     reference's, in percentage points; None without that reference), ``step``, ``wall_s``
     (training seconds over all resumes), ``run_dir``, ``reused`` (read back, not trained now).
     Writes ``OUT/ablation.json``, ``OUT/ablation.txt`` and, with ``plot``, ``OUT/ablation.png``

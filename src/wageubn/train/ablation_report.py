@@ -37,7 +37,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table (ends with a newline)."""
     splits = {r["eval_split"] for r in rows if r.get("eval_split")}
     acc = f"{splits.pop()} acc %" if len(splits) == 1 else "acc %"
-    header = ("variant", "changed", acc, "vs baseline", "vs fp32", "steps", "time")
+    header = ("variant", "changed", acc, "vs baseline", "vs fp32", "train loss", "steps", "time")
     lines = [header]
     for r in rows:
         failed = r["acc"] is None
@@ -48,6 +48,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 r["status"].split(":")[0] if failed else _num(100 * r["acc"], ".2f"),
                 _num(r["gap_to_baseline_pts"], "+.2f"),
                 _num(r["gap_to_fp32_pts"], "+.2f"),
+                _num(r.get("train_loss"), ".4f"),
                 str(r["step"]),
                 format_duration(r["wall_s"]) if r["wall_s"] is not None else "-",
             )
