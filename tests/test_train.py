@@ -617,3 +617,27 @@ def test_tracked_loops(caplog, tmp_path):
         result["last_checkpoint"], batch_size=2500, progress=BarProgress(stream, mininterval=0.0)
     )
     assert r["images"] == 10000 and "4/4" in stream.getvalue()
+
+
+def test_eval_in_another_presets_arithmetic(tmp_path, capsys):
+    """``evaluate_checkpoint(..., preset=P)`` / ``wageubn eval --preset P``: the same weights with
+    P's forward; the run's own preset by default; an unknown name is refused with a suggestion."""
+    from wageubn import cli
+    from wageubn.train import evaluate_checkpoint
+
+    result = train(tiny(tmp_path, train__max_steps=4, quant__preset="int8"))
+    ckpt = result["last_checkpoint"]
+    own = evaluate_checkpoint(ckpt)
+    assert own["preset"] == "int8" and own["images"] == 10000  # the whole split, as `eval` does
+    assert evaluate_checkpoint(ckpt, preset="int8") == own
+    as_paper = evaluate_checkpoint(ckpt, preset="paper")
+    as_fp32 = evaluate_checkpoint(ckpt, preset="fp32")
+    assert (as_paper["preset"], as_fp32["preset"]) == ("paper", "fp32")
+    # fp32 reads the stored weights unquantized: a different forward, so a different loss
+    assert as_fp32["loss"] != own["loss"]
+    with pytest.raises(ValueError, match="unknown preset 'papr'.*did you mean 'paper'"):
+        evaluate_checkpoint(ckpt, preset="papr")
+    assert cli.main(["eval", str(ckpt), "--preset", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {as_paper['acc']:.4f} loss {as_paper['loss']:.4f}" in out
+    assert "in preset paper's arithmetic" in out

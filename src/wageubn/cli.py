@@ -1,7 +1,7 @@
 """The ``wageubn`` command line: argparse subcommands whose commands are plain functions.
 
     wageubn train CONFIG.yaml [--dotted.key VALUE ...] [--resume RUN_DIR_or_CKPT]
-    wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N]
+    wageubn eval CHECKPOINT [--split test] [--root DIR] [--batch-size N] [--preset NAME]
     wageubn list-models
     wageubn plot RUN [RUN ...] [--out curves.png] [--x epoch|step]
     wageubn ablate CONFIG.yaml [--dotted.key VALUE ...] [--variants NAMES] [--out DIR]
@@ -94,11 +94,13 @@ def eval_command(args: argparse.Namespace) -> int:
     with command_progress() as progress:
         r = evaluate_checkpoint(
             args.checkpoint, args.split, root=args.root, batch_size=args.batch_size,
-            progress=progress,
+            progress=progress, preset=args.preset,
         )  # fmt: skip
     print(
         f"{r['split']}: accuracy {r['acc']:.4f} loss {r['loss']:.4f} "
-        f"({r['images']} images; {r['checkpoint']} at step {r['step']})"
+        f"({r['images']} images; {r['checkpoint']} at step {r['step']}"
+        + (f"; in preset {r['preset']}'s arithmetic" if args.preset else "")
+        + ")"
     )
     if r["run_status"] is not None:
         print(f"run status: {r['run_status']}")
@@ -186,6 +188,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--split", default=None, help="default: the run's data.eval_split")
     p.add_argument("--root", default=None, help="data root (default: the run's data.root)")
     p.add_argument("--batch-size", type=int, default=None, help="default: data.eval_batch_size")
+    p.add_argument(
+        "--preset", default=None,
+        help="evaluate the weights in another preset's arithmetic (e.g. int8-trained weights "
+        "with paper's forward); default: the run's own",
+    )  # fmt: skip
     p.set_defaults(func=eval_command)
 
     p = subparsers.add_parser(

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import WAGEUBNConfig
 from ..core.progress import Progress
 from ..data import Batches
 from ..run.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
@@ -61,14 +62,22 @@ def evaluate_checkpoint(
     root: str | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint's model on ``split`` (default: its run's ``data.eval_split``).
 
-    ``run_status`` in the result is the status of the run directory holding the checkpoint (from
-    its run.json; a "running" run whose process is gone says so), or None."""
+    ``preset`` (optional) evaluates the checkpoint's weights in another preset's arithmetic — e.g.
+    weights trained in ``int8`` with ``paper``'s forward, or the reverse — keeping the run's other
+    quant settings; the result's ``preset`` says which one ran. ``run_status`` in the result is the
+    status of the run directory holding the checkpoint (from its run.json; a "running" run whose
+    process is gone says so), or None."""
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
-    cfg = RunConfig.from_dict(ckpt["run_config"], source=f"{path} run_config")
+    saved = ckpt["run_config"]
+    if preset is not None:
+        WAGEUBNConfig.preset(preset)  # an unknown name: the preset error, with a suggestion
+        saved = {**saved, "quant": {**saved.get("quant", {}), "preset": preset}}
+    cfg = RunConfig.from_dict(saved, source=f"{path} run_config")
     if root is not None:
         cfg.data.root = root
     split = split or cfg.data.eval_split
@@ -97,5 +106,6 @@ def evaluate_checkpoint(
         "split": split,
         "checkpoint": str(path),
         "step": ckpt["step"],
+        "preset": cfg.quant.get("preset", "paper"),
         "run_status": run_status,
     }
