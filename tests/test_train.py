@@ -637,6 +637,11 @@ def test_eval_in_another_presets_arithmetic(tmp_path, capsys):
     assert as_fp32["loss"] != own["loss"]
     with pytest.raises(ValueError, match="unknown preset 'papr'.*did you mean 'paper'"):
         evaluate_checkpoint(ckpt, preset="papr")
+    # a preset the run's own quant keys do not fit (E2 at 16 bits under int8): named, not blamed
+    # on the checkpoint
+    e16 = train(tiny(tmp_path, "e16", train__max_steps=1, quant__error2=16))["last_checkpoint"]
+    with pytest.raises(RunConfigError, match="under preset 'int8'.*error2 <= 8 bits, got 16"):
+        evaluate_checkpoint(e16, preset="int8")
     assert cli.main(["eval", str(ckpt), "--preset", "paper"]) == 0
     out = capsys.readouterr().out
     assert f"accuracy {as_paper['acc']:.4f} loss {as_paper['loss']:.4f}" in out

@@ -73,11 +73,12 @@ def evaluate_checkpoint(
     process is gone says so), or None."""
     path = resolve_checkpoint(path)
     ckpt = load_checkpoint(path)
-    saved = ckpt["run_config"]
+    saved, source = ckpt["run_config"], f"{path} run_config"
     if preset is not None:
         WAGEUBNConfig.preset(preset)  # an unknown name: the preset error, with a suggestion
         saved = {**saved, "quant": {**saved.get("quant", {}), "preset": preset}}
-    cfg = RunConfig.from_dict(saved, source=f"{path} run_config")
+        source += f" under preset {preset!r}"  # a clash with the run's own quant keys is named
+    cfg = RunConfig.from_dict(saved, source=source)
     if root is not None:
         cfg.data.root = root
     split = split or cfg.data.eval_split
