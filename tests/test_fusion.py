@@ -197,3 +197,69 @@ def test_nan_batch_changes_nothing(preset):
         opt.step()
     for p, before in zip(model.parameters(), params, strict=True):
         assert torch.equal(p.detach(), before)
+
+
+# -- the direct replay of a compiled kernel (quant/fusion.py, ``_Record.replay``) ----------------
+
+
+def _kernel_entries(kernel):
+    return list(kernel._seen.values())
+
+
+def test_a_repeated_call_replays_the_compiled_graph_and_equals_eager():
+    from wageubn.quant.fusion import fused
+
+    @fused
+    def kernel(x, y, scale: float, keep: bool):
+        amax = x.abs().amax()
+        out = torch.round(x * scale) + y * amax
+        return (out, amax, y, None) if keep else out
+
+    g = torch.Generator().manual_seed(0)
+    for keep in (True, False):
+        for shape in ((5, 7), (5, 7), (3, 2, 4), (3, 2, 4)):
+            x, y = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+            with fusion(True):
+                got = kernel(x, y, 4.0, keep)
+            want = kernel.eager(x, y, 4.0, keep)
+            got, want = (got, want) if keep else ((got,), (want,))
+            assert len(got) == len(want)
+            for a, b in zip(got, want, strict=True):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b, **EXACT)
+            if keep:
+                assert got[2] is y  # an input returned as itself stays itself
+    if not torch._dynamo.is_dynamo_supported():  # pragma: no cover
+        pytest.skip("torch.compile is not supported here")
+    entries = _kernel_entries(kernel)
+    assert entries and all(replay is not None for _, _, replay in entries)
+
+
+def test_replay_keys_on_aliasing_strides_and_in_place_updates():
+    """The same tensor passed twice, then two distinct ones of the same shape; a transposed
+    input; an in-place update of an input: each equals the eager kernel."""
+    from wageubn.quant.fusion import fused
+
+    @fused
+    def kernel(a, b, acc):
+        acc.copy_(acc * 0.5 + a - b)
+        return a * 2 + b
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, generator=g)
+    for a, b in [
+        (x, x),
+        (x, x),
+        (x, torch.randn(6, 4, generator=g)),
+        (x.t().t(), x.t().contiguous().t()),
+    ]:
+        for _ in range(2):
+            acc, acc_eager = torch.ones(6, 4), torch.ones(6, 4)
+            with fusion(True):
+                out = kernel(a, b, acc)
+            want = kernel.eager(a, b, acc_eager)
+            torch.testing.assert_close(out, want, **EXACT)
+            torch.testing.assert_close(acc, acc_eager, **EXACT)
+    keys = list(kernel._seen)
+    assert len({k[-1][0] for k in keys}) == 2  # aliased and distinct arguments: two entries

@@ -100,22 +100,25 @@ def shift(x: torch.Tensor, bits: int, limit: torch.Tensor) -> tuple[torch.Tensor
 
 
 @fused
-def flag(
-    x: torch.Tensor, bits: int, levels: torch.Tensor, coarse_limit: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def flag(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     """``FQ(x, k)`` and ``r``: with ``s = R/2^(k−1)`` and ``y = x/s``, ``|y| < 1`` takes
     ``clip(round(|y|·2^(k−1)), 0, 2^(k−1)) · 2^(1−k)`` and ``|y| ≥ 1`` takes
-    ``clip(round(|y|), 0, 2^(k−1) − 1)``; the result is ``s · sign(y) · that``."""
+    ``clip(round(|y|), 0, 2^(k−1) − 1)``; the result is ``s · sign(y) · that``.
+
+    Computed without ``|y|`` and ``sign(y)``: ``round`` (half to even) is odd, so
+    ``sign(y)·clip(round(|y|·L), 0, L) = clip(round(y·L), −L, L)`` (likewise the coarse regime),
+    and the sign of a zero is lost to the final ``+ guard`` either way."""
     amax = x.abs().amax()
     r = round_log2(amax)
     up = pow2((bits - 1) - r, x.dtype)
     down = pow2(r - (bits - 1), x.dtype)
     guard = nan_guard(amax)
     y = x * up[0] * up[1]
-    mag = y.abs()
-    fine = torch.clamp(torch.round(mag * levels), max=levels) / levels
-    coarse = torch.clamp(torch.round(mag), max=coarse_limit)
-    m = torch.where(mag < 1.0, fine, coarse) * torch.sign(y)
+    levels = 2.0 ** (bits - 1)
+    fine = torch.clamp(torch.round(y * levels), -levels, levels) * (1.0 / levels)
+    top = bound(levels - 1.0, x.dtype)  # k >= 25 in float32: 2^(k−1) − 1 is not representable
+    coarse = torch.clamp(torch.round(y), -top, top)
+    m = torch.where(torch.abs(y) < 1.0, fine, coarse)
     return m * down[0] * down[1] + guard, r, *up, *down, guard
 
 
@@ -288,11 +291,7 @@ def q_flag(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``FQ(x, k)`` and ``r``."""
     if x.numel() == 0:
         return x.clone(), torch.zeros((), dtype=torch.int64, device=x.device)
-    dt = _compute_dtype(x)
-    levels = 2.0 ** (bits - 1)
-    return _run(
-        flag, x, bits, _c(levels, dt, x, "levels"), _c(bound(levels - 1, dt), dt, x, "limit")
-    )[:2]
+    return _run(flag, x, bits)[:2]
 
 
 def q_constant(
