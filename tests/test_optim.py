@@ -312,3 +312,32 @@ def test_an_optimizer_built_before_quantize_finds_the_roles_after_it():
         opt.role_of(model.bn2.bias, group) == "bn" and opt.role_of(model.fc.bias, group) == "float"
     )
     assert parameter_roles(clone) == parameter_roles(model)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_fused_update_equals_the_per_parameter_path(layout):
+    """The fused kernels (quantized roles in buckets; channels_last operands passed as memory-
+    order vectors with the draws copied into their layout) equal the per-parameter path bit for
+    bit over three steps: momentum, weight decay, stochastic rounding of G."""
+    from wageubn.quant.fusion import fusion
+
+    results = []
+    for per_param in (False, True):
+        torch.manual_seed(0)
+        model = quantize_(create_model("small_cnn", width=4), "paper")
+        if layout == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+        opt = QSGD.from_model(
+            model, lr=0.125, weight_decay=1e-3, generator=torch.Generator().manual_seed(3)
+        )
+        if per_param:
+            opt._fusable = lambda role: False  # type: ignore[method-assign]
+        x, y = _data()
+        with fusion(True):
+            for _ in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **EXACT)
