@@ -199,7 +199,7 @@ def test_nan_batch_changes_nothing(preset):
         assert torch.equal(p.detach(), before)
 
 
-# -- the direct replay of a compiled kernel (quant/fusion.py, ``_Record.replay``) ----------------
+# -- the direct replay of a compiled kernel (quant/replay.py, ``Record.replay``) ----------------
 
 
 def _kernel_entries(kernel):

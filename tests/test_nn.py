@@ -188,3 +188,60 @@ def test_nan_gradient_propagates_and_the_step_refuses_it():
     with pytest.raises(ValueError, match="not finite, so nothing was updated.*NaN"):
         opt.step()
     assert torch.equal(conv.weight.detach(), before) and not opt.state
+
+
+@pytest.mark.parametrize(
+    "dims,stride,padding,dilation,groups,bias,mode,channels_last",
+    [
+        (2, 1, 1, 1, 1, False, "zeros", False),
+        (2, 2, 1, 1, 1, True, "zeros", True),
+        (2, 1, 2, 2, 2, True, "zeros", False),
+        (2, 1, 1, 1, 1, False, "reflect", True),
+        (2, 2, 0, 1, 6, False, "zeros", True),
+        (1, 2, 1, 1, 1, True, "zeros", False),
+        (1, 1, 2, 1, 3, False, "circular", False),
+    ],
+)
+def test_paper_conv_rebuilds_the_quantized_weight_in_backward_bit_for_bit(
+    dims, stride, padding, dilation, groups, bias, mode, channels_last
+):
+    """The conv keeps W (a parameter), not a float copy of QC(W); forward and every gradient equal
+    the plain autograd product of ``weight_q`` bit for bit."""
+    from wageubn.nn import QuantConv1d
+    from wageubn.nn.quantizers import error2, weight_q
+
+    torch.manual_seed(3)
+    cls, shape = (QuantConv2d, (3, 6, 11, 9)) if dims == 2 else (QuantConv1d, (3, 6, 13))
+    args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    conv = cls(6, 6, 3, padding_mode=mode, config=PAPER, **args)
+    twin = copy.deepcopy(conv)
+    x = torch.randn(*shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        z1 = conv(x1)
+    z2 = error2(twin._conv_forward(x2, weight_q(twin.weight, PAPER), twin.bias), PAPER)
+    torch.testing.assert_close(z1, z2, **EXACT)
+    g = torch.randn_like(z1)
+    z1.backward(g)
+    z2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad, **EXACT)
+    torch.testing.assert_close(conv.weight.grad, twin.weight.grad, **EXACT)
+    if bias:
+        torch.testing.assert_close(conv.bias.grad, twin.bias.grad, **EXACT)
+    kept = {t.untyped_storage().data_ptr() for t in saved}
+    params = {p.untyped_storage().data_ptr() for p in conv.parameters()}
+    # the input (or its padded copy) and the parameter itself; never a float copy of QC(W)
+    assert not any(t.shape == conv.weight.shape and t.data_ptr() not in params for t in saved)
+    assert conv.weight.untyped_storage().data_ptr() in kept
+
+
+def test_paper_conv_refuses_a_weight_changed_between_forward_and_backward():
+    conv = QuantConv2d(3, 4, 3, config=PAPER)
+    z = conv(torch.randn(2, 3, 8, 8, requires_grad=True))
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()

@@ -29,7 +29,7 @@ from .activation import ActivationSpec, Layout, activated_by, attach_codes
 from .fused import relu_backward, relu_forward
 from .quantizers import error2, weight_q
 
-__all__ = ["QuantConv2d", "QuantLayer", "QuantLinear", "QuantReLU"]
+__all__ = ["QuantConv2d", "QuantLayer", "QuantLinear", "QuantReLU", "quantized_conv"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -101,6 +101,61 @@ def _move_parameters(src: nn.Module, dst: nn.Module) -> None:
     dst.train(src.training)
 
 
+def quantized_conv(mod: nn.Conv1d | nn.Conv2d, x: torch.Tensor, obs=None) -> torch.Tensor:
+    """``conv(x, QC(W, k_W)) [+ bias]`` for a quantized ``Conv1d``/``Conv2d`` (float arithmetic).
+
+    The backward rebuilds ``QC(W, k_W)`` from the parameter (one fused pass, deterministic: the
+    same bits) instead of keeping a float copy of it: a float copy of every weight, not counted
+    among the parameters, would outweigh the activations at small batches (ResNet-18, batch 16).
+    The gradients are those of ``torch.nn``'s convolution bit for bit (the same
+    ``convolution_backward`` call). Inside ``torch.compile`` (the compiler chooses what to keep),
+    under autocast, and for string paddings or unbatched input, the plain product runs.
+    """
+    config: WAGEUBNConfig = mod.config  # type: ignore[assignment]
+    wq = weight_q(mod.weight, config, obs)
+    if (
+        config.weight is None
+        or not (torch.is_grad_enabled() and wq.requires_grad)
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled(x.device.type)
+        or isinstance(mod.padding, str)
+        or x.dim() != mod.weight.dim()
+    ):
+        return mod._conv_forward(x, wq, mod.bias)
+    padding = mod.padding
+    if mod.padding_mode != "zeros":
+        x = F.pad(x, mod._reversed_padding_repeated_twice, mode=mod.padding_mode)
+        padding = (0,) * (x.dim() - 2)
+    geom = (tuple(mod.stride), tuple(padding), tuple(mod.dilation), mod.groups)
+    return _RebuiltWeightConv.apply(x, wq, mod.bias, mod.weight, config.weight, geom)
+
+
+class _RebuiltWeightConv(torch.autograd.Function):
+    """``conv(x, wq, bias)`` keeping ``x`` and the parameter ``W`` (not ``wq = QC(W)``) for
+    backward; ``W`` receives no gradient here (it flows through ``wq``'s straight-through edge)."""
+
+    @staticmethod
+    def forward(ctx, x, wq, bias, weight, bits, geom):
+        conv = F.conv2d if wq.dim() == 4 else F.conv1d
+        z = conv(x, wq, bias, *geom)
+        ctx.save_for_backward(x, weight)
+        ctx.meta = (bits, geom, None if bias is None else list(bias.shape))
+        return z
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        bits, (stride, padding, dilation, groups), bias_sizes = ctx.meta
+        wq = device.q_clipped(weight.detach(), bits)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        dx, dwq, db = torch.ops.aten.convolution_backward(
+            grad, x, wq, bias_sizes, stride, padding, dilation, False, [0] * len(stride),
+            groups, mask,
+        )  # fmt: skip
+        return dx, dwq, db, None, None, None
+
+
 class QuantConv2d(QuantModule, nn.Conv2d):
     """``nn.Conv2d`` with W quantized in the forward pass and E2 on the output gradient.
 
@@ -129,8 +184,7 @@ class QuantConv2d(QuantModule, nn.Conv2d):
 
             return int8_conv2d(self, x)
         obs = tap(self)
-        z = self._conv_forward(x, weight_q(self.weight, self.config, obs), self.bias)
-        return error2(z, self.config, obs)
+        return error2(quantized_conv(self, x, obs), self.config, obs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, W={self.config.weight}, E2={self.config.error2}"

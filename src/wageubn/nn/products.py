@@ -24,7 +24,7 @@ from ..core.observe import tap
 from ..core.roles import QuantModule
 from ..quant import device
 from .int8 import _Int8Conv2d, products
-from .layers import _check_config, swap_module
+from .layers import _check_config, quantized_conv, swap_module
 from .quantizers import error2, weight_q
 
 __all__ = ["QuantConv1d", "QuantEmbedding"]
@@ -66,8 +66,7 @@ class QuantConv1d(QuantModule, nn.Conv1d):
         if cfg.arithmetic == "int8":
             return self._int8_forward(x)
         obs = tap(self)
-        z = self._conv_forward(x, weight_q(self.weight, cfg, obs), self.bias)
-        return error2(z, cfg, obs)
+        return error2(quantized_conv(self, x, obs), cfg, obs)
 
     def _int8_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):

@@ -46,7 +46,7 @@ from ..quant import check_grad_range, device
 from .groups import check_agrees, config_for, listed, param_groups, tensors_of
 from .guards import check_finite_grads, check_generator_device
 from .lr import qc_lr, quantized_lr
-from .update import buckets, fused_update
+from .update import buckets, fused_update, memory_order
 
 __all__ = ["QSGD", "ROLES", "quantized_lr"]
 
@@ -306,7 +306,7 @@ class QSGD(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = torch.empty_like(g)
             bufs.append(self.state[p]["momentum_buffer"] if m != 0 else g)
         lr_t, dr_t, limit_t = self._scalars(params[0], lr_q, dr)
-        flat_params, grads, bufs, draws = _memory_order(params, grads, bufs, draws)
+        flat_params, grads, bufs, draws = memory_order(params, grads, bufs, draws)
         # buckets of 8, 4, 2, 1 parameters: a few compiled variants serve every model (a kernel
         # over all of a ResNet-50's parameters at once takes minutes to compile)
         start = 0
@@ -385,33 +385,3 @@ class QSGD(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         if gen is not None:
             self.generator.set_state(gen)
-
-
-def _memory_order(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    bufs: list[torch.Tensor],
-    draws: list[torch.Tensor] | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
-    """The fused update's operands as 1-D views in memory order where a parameter, its gradient
-    and its momentum buffer share one dense layout (channels_last weights): the kernel then runs
-    over plain contiguous vectors instead of indexing 4-D strides element by element (a ResNet-18
-    bucket: 42 → 12 ms). The draws are made in logical order (element ``i`` for logical element
-    ``i``, as the per-parameter path uses them) and copied into that layout first. Others are
-    passed as they are (same values, slower)."""
-    out_p, out_g, out_b = [], [], []
-    out_u: list[torch.Tensor] | None = None if draws is None else []
-    for i, (p, g, b) in enumerate(zip(params, grads, bufs, strict=True)):
-        p = p.detach()
-        u = None if draws is None else draws[i]
-        if not p.is_contiguous() and device.is_dense(p) and p.stride() == g.stride() == b.stride():
-            if u is not None:
-                u = torch.empty_like(g).copy_(u)
-            p, g, b = device.flat(p), device.flat(g), device.flat(b)
-            u = None if u is None else device.flat(u)
-        out_p.append(p)
-        out_g.append(g)
-        out_b.append(b)
-        if out_u is not None and u is not None:
-            out_u.append(u)
-    return out_p, out_g, out_b, out_u

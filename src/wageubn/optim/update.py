@@ -10,17 +10,19 @@ For every parameter of a list (docs/WAGEUBN.md §3, after weight decay was added
 The same arithmetic as ``QSGD``'s per-parameter path (which diagnostics use), value for value: the
 products ``lr_q·acc`` are exact on these grids. ``lr_q`` and ``dr`` are 0-dim tensors, so a
 schedule that changes them does not recompile anything; ``p`` and ``acc`` are updated in place.
-``buckets`` cuts a group's parameter list into the few list lengths that get compiled.
+``buckets`` cuts a group's parameter list into the few list lengths that get compiled;
+``memory_order`` hands channels_last operands over as flat vectors.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..quant import device
 from ..quant.device import cq
 from ..quant.fusion import fused
 
-__all__ = ["buckets", "fused_update"]
+__all__ = ["buckets", "fused_update", "memory_order"]
 
 
 def buckets(n: int) -> list[int]:
@@ -71,3 +73,33 @@ def fused_update(
             bufs[i].copy_(_q(acc, k_mom))
         else:
             p.copy_(_q(p - lr_q * gq, k_u))
+
+
+def memory_order(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    draws: list[torch.Tensor] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]:
+    """The fused update's operands as 1-D views in memory order where a parameter, its gradient
+    and its momentum buffer share one dense layout (channels_last weights): the kernel then runs
+    over plain contiguous vectors instead of indexing 4-D strides element by element (a ResNet-18
+    bucket: 42 → 12 ms). The draws are made in logical order (element ``i`` for logical element
+    ``i``, as the per-parameter path uses them) and copied into that layout first. Others are
+    passed as they are (same values, slower)."""
+    out_p, out_g, out_b = [], [], []
+    out_u: list[torch.Tensor] | None = None if draws is None else []
+    for i, (p, g, b) in enumerate(zip(params, grads, bufs, strict=True)):
+        p = p.detach()
+        u = None if draws is None else draws[i]
+        if not p.is_contiguous() and device.is_dense(p) and p.stride() == g.stride() == b.stride():
+            if u is not None:
+                u = torch.empty_like(g).copy_(u)
+            p, g, b = device.flat(p), device.flat(g), device.flat(b)
+            u = None if u is None else device.flat(u)
+        out_p.append(p)
+        out_g.append(g)
+        out_b.append(b)
+        if out_u is not None and u is not None:
+            out_u.append(u)
+    return out_p, out_g, out_b, out_u

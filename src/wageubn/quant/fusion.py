@@ -17,7 +17,7 @@ that compare across settings allow that last bit for float values (tests/test_fu
 
 After the first call with given argument shapes, strides and dtypes, later calls with the same
 ones skip ``torch.compile``'s frame evaluation and guards and call the compiled graph directly
-(``_Replay``): the guards already passed for exactly these properties, and the graph's inputs and
+(``wageubn.quant.replay``): the guards already passed for exactly these properties, and the graph's inputs and
 outputs are mapped to the function's by identity on that first call. That saves tens of
 microseconds a call, which a training step of a hundred kernel calls notices.
 
@@ -36,7 +36,6 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +43,8 @@ from typing import Any, TypeVar, cast, overload
 
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+from .replay import Capture, Replay
 
 __all__ = ["fused", "fusion", "fusion_enabled", "set_fusion"]
 
@@ -119,7 +120,7 @@ def _exact_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
     """The arguments' dtypes, devices, exact shapes and strides, and the constants; then which
     tensor arguments are one and the same tensor (None: all distinct), whether autocast is on,
     and whether every tensor is a plain one. Equal keys give equal ``_variant`` keys, and pass the
-    same ``torch.compile`` guards (what ``_Replay`` relies on)."""
+    same ``torch.compile`` guards (what ``Replay`` relies on)."""
     key: list[Any] = []
     ids: list[int] = []
     plain = True
@@ -160,8 +161,8 @@ class _Fused:
         self._variants: dict[tuple[Any, ...], Callable[..., Any]] = {}
         # exact shapes already run → (compiled variant, input positions, direct call or None): a
         # repeated call skips building the variant key and marking sizes dynamic (the variant
-        # already is), and where it can, dynamo's frame evaluation (``_Record.replay``)
-        self._seen: dict[tuple[Any, ...], tuple[Callable[..., Any], tuple[int, ...], _Replay]] = {}
+        # already is), and where it can, dynamo's frame evaluation (``Record.replay``)
+        self._seen: dict[tuple[Any, ...], tuple[Callable[..., Any], tuple[int, ...], Replay]] = {}
 
     def __call__(self, *args: Any) -> Any:
         if torch.compiler.is_compiling():
@@ -188,7 +189,7 @@ class _Fused:
                 log.info("wageubn: compiling %s (first use; cached on disk)", self.eager.__name__)
                 # dynamic=None: the bound constants stay constants; the tensors' sizes are
                 # marked dynamic below, so one compilation serves every shape
-                fn = self._variants[key] = _Capture.compile(
+                fn = self._variants[key] = Capture.compile(
                     _bind_constants(self.eager, args, inputs), self._options
                 )
             for i in inputs:
@@ -222,131 +223,6 @@ class _Fused:
 
 def _inputs_of(args: tuple[Any, ...], inputs: tuple[int, ...]) -> list[Any]:
     return [args[i] for i in inputs]
-
-
-class _Capture:
-    """A ``torch.compile`` backend that compiles with inductor (as ``backend="inductor"`` does)
-    and keeps every graph it compiled, so that ``recording`` can see which graph a call ran, with
-    which inputs, and what it returned."""
-
-    def __init__(self, options: dict[str, Any] | None) -> None:
-        self.options = options
-        self.local = threading.local()  # .record: the recording in progress on this thread
-        self.frame_locals: dict[str, Any] = {}
-
-    @staticmethod
-    def compile(fn: Callable[..., Any], options: dict[str, Any] | None) -> Callable[..., Any]:
-        capture = _Capture(options)
-        compiled = torch.compile(fn, fullgraph=True, dynamic=None, backend=capture)
-        compiled._wageubn_capture = capture  # type: ignore[attr-defined]
-        # the frame's other locals that dynamo may read graph inputs from (``_bind_constants``)
-        capture.frame_locals = getattr(fn, "_wageubn_locals", {})
-        return compiled
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        from torch._inductor.compile_fx import compile_fx
-
-        compiled = cast(
-            Callable[..., Any], compile_fx(gm, example_inputs, config_patches=self.options)
-        )
-        sources = [_source_name(node) for node in gm.graph.nodes if node.op == "placeholder"]
-
-        def graph(*graph_args: Any) -> Any:
-            record = getattr(self.local, "record", None)
-            if record is None:
-                return compiled(*graph_args)
-            record.graph, record.sources, record.args = compiled, sources, graph_args
-            record.outputs = compiled(*graph_args)
-            return record.outputs
-
-        return graph
-
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[_Record]:
-        record = self.local.record = _Record(self.frame_locals)
-        try:
-            yield record
-        finally:
-            self.local.record = None
-
-
-class _Record:
-    """What one compiled call ran (see ``_Capture``), and ``replay``: the same graph called
-    directly, or None where the mapping is not certain."""
-
-    graph: Callable[..., Any] | None = None
-    sources: list[str | None] = []
-    args: tuple[Any, ...] = ()
-    outputs: Any = None
-
-    def __init__(self, frame_locals: dict[str, Any]) -> None:
-        self.frame_locals = frame_locals
-
-    def replay(self, tensors: list[Any], out: Any) -> _Replay:
-        graph, sources, args, outputs = self.graph, self.sources, self.args, self.outputs
-        self.args, self.outputs = (), None  # keep no tensor alive
-        if graph is None or None in sources or not isinstance(outputs, (list, tuple)):
-            return None
-        try:  # the graph's inputs as expressions of the function's (dynamo's own source names)
-            gather = eval(f"lambda L: ({''.join(f'{s}, ' for s in sources)})", {})  # noqa: S307
-            again = gather({**self.frame_locals, "tensors": tensors})
-        except Exception:  # an input this mapping cannot express: keep the guarded call
-            return None
-        if len(again) != len(args) or not all(
-            a is b if isinstance(b, torch.Tensor) else type(a) is type(b) and a == b
-            for a, b in zip(again, args, strict=True)
-        ):
-            return None
-        flat_inputs = [t for a in tensors for t in (a if isinstance(a, list) else (a,))]
-        results = out if isinstance(out, tuple) else (out,)
-        plan: list[tuple[str, Any]] = []
-        for r in results:
-            if not isinstance(r, torch.Tensor):
-                if r is not None:
-                    return None
-                plan.append(("const", None))
-            elif (j := _index(outputs, r)) is not None:
-                plan.append(("graph", j))
-            elif (j := _index(flat_inputs, r)) is not None:
-                plan.append(("input", j))
-            else:
-                return None
-        single = not isinstance(out, tuple)
-        frame_locals = self.frame_locals
-
-        def run(now: list[Any]) -> Any:
-            got = graph(*gather({**frame_locals, "tensors": now}))
-            if single and plan[0][0] == "graph":
-                return got[plan[0][1]]
-            flat_now = None
-            parts = []
-            for kind, j in plan:
-                if kind == "graph":
-                    parts.append(got[j])
-                elif kind == "input":
-                    if flat_now is None:
-                        flat_now = [t for a in now for t in (a if isinstance(a, list) else (a,))]
-                    parts.append(flat_now[j])
-                else:
-                    parts.append(None)
-            return parts[0] if single else tuple(parts)
-
-        return run
-
-
-_Replay = Callable[[list[Any]], Any] | None
-
-
-def _source_name(node: torch.fx.Node) -> str | None:
-    """The Python expression (in the frame's locals ``L``) dynamo fed a graph input from."""
-    arg = node.meta.get("grapharg")
-    name = getattr(getattr(arg, "source", None), "name", None)
-    name = name() if callable(name) else name  # a method in older torch, a property in newer
-    return name if isinstance(name, str) else None
-
-
-def _index(items: Any, t: torch.Tensor) -> int | None:
-    return next((i for i, v in enumerate(items) if v is t), None)
 
 
 # inductor's store-vs-recompute limits, raised (``@fused(recompute=True)``): recomputing a few
