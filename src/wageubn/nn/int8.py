@@ -13,8 +13,8 @@ per tensor:
 Forward, input gradient and weight gradient run on ``wageubn.kernels`` (integer accumulation,
 exact), or, with ``int8_backend="float"``, as the float simulation of the same semantics (float32
 products of the decoded values: bit-equal to the integer kernels wherever float32 is exact). The
-tensors saved for backward are the int8 codes of A and W plus their exponents — a quarter of
-float32. The float result of a product is the exact integer accumulator times its power-of-two
+tensors saved for backward are the int8 codes of A plus their exponent — a quarter of float32 —
+and the parameter W itself, whose codes the backward rebuilds (one pass; no copy is kept). The float result of a product is the exact integer accumulator times its power-of-two
 scale, rounded once to float32. The weight gradient leaves the layer in float32 and the optimizer
 applies ``CQ`` (with weight decay added first, §3); its ``R`` and codes equal those of the integer
 accumulator except where float32 cannot hold that accumulator (``|acc| >= 2^24``).
@@ -253,7 +253,8 @@ class _Int8Conv2d(torch.autograd.Function):
         # keep A's codes — or, where the fused BN before can rebuild them from the x̂ codes it
         # keeps anyway, only the way to rebuild them
         ctx.rebuild = a.regenerate
-        ctx.save_for_backward(a.codes if a.regenerate is None else None, w)
+        # W itself (a parameter: nothing new to keep); its codes are rebuilt in backward
+        ctx.save_for_backward(a.codes if a.regenerate is None else None, weight)
         ctx.ea = a.exponent  # 0-dim, on the device
         ctx.meta = (a.nonneg, ew, tuple(x.shape), tuple(weight.shape), geom, config, engine, obs)
         ctx.has_bias = bias is not None
@@ -261,9 +262,10 @@ class _Int8Conv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        codes, w = ctx.saved_tensors
+        codes, weight = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, x_shape, w_shape, geom, config, engine, obs = ctx.meta
+        w = weight_codes(weight, config.weight)[0] if ctx.needs_input_grad[0] else None
         if codes is None and ctx.needs_input_grad[1]:
             codes = ctx.rebuild()
         a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
@@ -289,7 +291,7 @@ class _Int8Linear(torch.autograd.Function):
         z = engine.linear_forward(a, w, ew)  # (M, N) float32
         if bias is not None:
             z = z + bias
-        ctx.save_for_backward(a.codes, w)
+        ctx.save_for_backward(a.codes, weight)  # W's codes are rebuilt in backward
         ctx.ea = a.exponent  # 0-dim, on the device
         ctx.meta = (a.nonneg, ew, config, engine, obs)
         ctx.has_bias = bias is not None
@@ -297,9 +299,10 @@ class _Int8Linear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        codes, w = ctx.saved_tensors
+        codes, weight = ctx.saved_tensors
         ea = ctx.ea
         nonneg, ew, config, engine, obs = ctx.meta
+        w = weight_codes(weight, config.weight)[0] if ctx.needs_input_grad[0] else None
         a = ActivationCodes(codes, ea, ea.new_zeros((), dtype=torch.float32), 0, 0, nonneg, None)
         bits = config.error2
         planes = planes_of(grad, bits)
