@@ -31,6 +31,7 @@ from .. import kernels
 from ..config import WAGEUBNConfig
 from ..core.observe import tap
 from ..quant import device, pow2_exponent
+from ..quant.fusion import fused
 from .activation import ActivationCodes, codes_of
 
 __all__ = ["error2_planes", "int8_conv2d", "int8_linear"]
@@ -131,9 +132,12 @@ def _two_plane_product(product, both: torch.Tensor, planes: Planes, k: int, bits
     return _combine(acc[:half], acc[half:], bits, e_fine, planes.guard)
 
 
+@fused
 def _combine(coarse_acc, fine_acc, bits: int, e: torch.Tensor, guard: torch.Tensor):
-    """``(2^(k−1)·coarse + fine) · 2^e`` rounded once to float32 (float64 holds every sum exactly)."""
-    acc = coarse_acc.double().mul_(float(2 ** (bits - 1))).add_(fine_acc.double())
+    """``(2^(k−1)·coarse + fine) · 2^e`` rounded once to float32 (float64 holds every sum
+    exactly; every step before the last rounding is exact, so the fused kernel's order does not
+    matter)."""
+    acc = coarse_acc.double() * float(2 ** (bits - 1)) + fine_acc.double()
     return (device.ldexp(acc, e) + guard.double()).float()
 
 
@@ -193,8 +197,10 @@ class _IntegerProducts:
         )  # fmt: skip
 
     def conv_weight(self, a: ActivationCodes, planes, wshape, geom, bits):
-        # one GEMM over both planes side by side (2·O outputs) shares the im2col of A
-        x = _as_input(a)
+        # one GEMM over both planes side by side (2·O outputs) shares the im2col of A; A as its
+        # int8 codes (a ReLU's 0..127 are int8 values too): the GEMM then yields the weight's
+        # (O, kh, kw, C) order directly (uint8 would have to stand on the left, a transpose)
+        x = a.codes
         if geom[3] == 1:
             n, o, h, wd = planes.shape
             both = planes.side.view(n, h, wd, 2 * o).permute(0, 3, 1, 2)
@@ -224,7 +230,7 @@ class _IntegerProducts:
         return _two_plane_product(product, both, planes, w.shape[0], bits, ew)
 
     def linear_weight(self, a: ActivationCodes, planes, bits):
-        x = _as_input(a)
+        x = a.codes  # int8: Eᵀ @ x comes out (O, K) directly (see conv_weight)
         o = planes.side.shape[-1]
         acc = kernels.linear_weight_grad(planes.side.view(-1, 2 * o), x, backend=self.backend)
         return _combine(acc[:o], acc[o:], bits, planes.exponent - bits + 1 + a.exponent,
