@@ -57,6 +57,11 @@ CONV_CASES = [
     (2, 6, 9, 9, 4, 3, 3, 0, 1, 2),  # stride 3, no padding, groups with 1x1 outputs dropped
     (1, 300, 4, 4, 8, 3, 1, 1, 1, 1),  # large K: float32 too narrow, base-16 digit path
     (1, 1200, 3, 3, 4, 3, 1, 1, 1, 1),  # larger K: oneDNN bound exceeded, GEMM path
+    # many outputs: the input gradient's accumulator (O·k² terms) exceeds float32 — two E2
+    # planes go in channel blocks (2 and 3 here), stride 1 and the strided phase form
+    (2, 4, 5, 5, 130, 3, 1, 1, 1, 1),
+    (2, 4, 5, 5, 113, 3, 1, 1, 1, 1),
+    (1, 4, 7, 6, 260, 3, 2, 1, 1, 1),
     # oneDNN 3.12 regressions: a window wholly in the padding (dilation skips the interior);
     # grouped, 1 input channel per group, > 16 outputs per group, zero point 128
     (1, 2, 3, 1, 36, 2, 1, 1, 2, 2),
@@ -165,6 +170,27 @@ def test_conv_extreme_codes(backend, kind, case, monkeypatch):
                 _three(backend, x, w, e, args, out_exponent, monkeypatch), want, strict=True
             ):
                 exact(g, r)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_zero_point_sums_beyond_float32_stay_exact(backend, monkeypatch):
+    """oneDNN turns the u8 sum into float32 before it takes the zero point's share off: random
+    int8 codes (entering shifted by 128) against weights all −127 push that sum past 2^24 where
+    the int8 sum stays below it (113 channels × 9 taps). Forward, input gradient (alone and as
+    two planes) equal the reference bit for bit, with int and device-side exponents."""
+    gen = torch.Generator().manual_seed(5)
+    x = codes((2, 113, 5, 5), torch.int8, gen)
+    w = torch.full((113, 113, 3, 3), -127, dtype=torch.int8)
+    e = codes((2, 113, 5, 5), torch.int8, gen)
+    fine = codes(e.shape, torch.int8, gen)
+    for out_exponent in (None, -11, torch.tensor(-11)):
+        want = _three("reference", x, w, e, (1, 1, 1, 1), out_exponent, monkeypatch)
+        got = _three(backend, x, w, e, (1, 1, 1, 1), out_exponent, monkeypatch)
+        for g, r in zip(got, want, strict=True):
+            exact(g, r)
+    got = _call(backend, "conv2d_input_grad_planes", torch.cat([e, fine]), w, x.shape, 1, 1,
+                shift=7, out_exponent=-11, monkeypatch=monkeypatch)  # fmt: skip
+    exact(got, _planes_oracle(e, fine, w, x.shape, (1, 1, 1, 1), 7, -11))
 
 
 def test_conv_float_output_rounds_once_above_2_24():

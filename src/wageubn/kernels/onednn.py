@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .gemm_conv import to_output
-from .reference import FLOAT_EXACT, INT32_MAX, scale_tensor
+from .reference import FLOAT_EXACT, INT32_MAX, scale_exact, scale_tensor
 
 __all__ = [
     "as_uint8",
@@ -34,6 +34,7 @@ __all__ = [
     "qconv",
     "qconv_digits",
     "qconv_planes",
+    "qconv_planes_blocked",
 ]
 
 log = logging.getLogger("wageubn.kernels.cpu")  # the probe's warnings, as before the split
@@ -166,6 +167,26 @@ def qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, shift) -> 
     return _run(coarse, 1.0, zp, packed, w_scale * float(2**shift), geometry, accum=y)
 
 
+def qconv_planes_blocked(
+    xu, zp, w, stride, padding, dilation, per_channel, shift, out_exponent, out_guard
+) -> torch.Tensor:
+    """``qconv_planes`` where float32 cannot hold a whole accumulator (``per_channel``: the
+    bound one input channel adds): the input channels in blocks whose accumulators it holds, each
+    block one exact float32 call over both planes (2N images), the blocks summed in float64
+    (exact below 2^53), ``2^shift·coarse + fine`` scaled and rounded once. The same products as
+    one call over both planes — half those of base-16 weight digits (2·O channels) on them."""
+    n, cin = xu.shape[0] // 2, xu.shape[1]
+    blocks = -(-cin // max(1, FLOAT_EXACT // per_channel))
+    step = -(-cin // blocks)  # blocks of equal size
+    acc: torch.Tensor | None = None
+    for c0 in range(0, cin, step):
+        part = xu[:, c0 : c0 + step].contiguous(memory_format=CL)
+        y = qconv(part, zp, w[:, c0 : c0 + step].contiguous(), stride, padding, dilation, 1, 0)
+        acc = y.double() if acc is None else acc.add_(y)
+    assert acc is not None
+    return scale_exact(acc[:n].mul_(float(2**shift)).add_(acc[n:]), out_exponent, out_guard)
+
+
 def probe_planes() -> bool:
     """``qconv_planes`` (the sum post-op with a float32 accumulator) exists and is exact here,
     extreme codes included, against float64 (exact at this size)."""
@@ -223,25 +244,43 @@ def onednn_conv(
     planes_shift=None,
 ):
     """Exact result through oneDNN, or None when no bound proves it exact (caller uses GEMM).
-    With ``planes_shift``, ``xu`` holds two planes (``qconv_planes``)."""
+    With ``planes_shift``, ``xu`` holds two planes (``qconv_planes``).
+
+    oneDNN turns the u8·s8 sum into float32 *before* it takes the zero point's share off
+    (measured: 113 input channels of a 3×3 kernel, weights −127, random int8 codes shifted by
+    128 came back off by one at −250063): with zero point 128 as with 0, what float32 must hold
+    is the u8 sum, up to ``255·128`` a term, not the int8 one."""
     if terms * 255 * 128 > INT32_MAX:  # oneDNN's own int32 accumulator of u8 · s8
         return None
-    bound = terms * (255 if zp == 0 else 128) * 128
+    bound = terms * 255 * 128
     if planes_shift is not None:
-        if bound > FLOAT_EXACT or out_exponent is None:
+        if out_exponent is None:
             return None
+        if bound > FLOAT_EXACT:
+            if groups != 1:
+                return None
+            per_channel = bound // xu.shape[1]
+            return qconv_planes_blocked(
+                xu, zp, w, stride, padding, dilation, per_channel, planes_shift,
+                out_exponent, out_guard,
+            )  # fmt: skip
         if isinstance(out_exponent, int) and not -126 <= out_exponent <= 127 - planes_shift:
             return None
         scale = scale_tensor(out_exponent, out_guard, torch.float32, xu.device)
         return qconv_planes(xu, zp, w, stride, padding, dilation, groups, scale, planes_shift)
-    if out_exponent is not None and (
-        isinstance(out_exponent, torch.Tensor) or out_guard is not None
+    # one rounding of the exact sum: always without a zero point, with one while it is exact
+    once = zp == 0 or bound <= FLOAT_EXACT
+    if (
+        once
+        and out_exponent is not None
+        and (isinstance(out_exponent, torch.Tensor) or out_guard is not None)
     ):
         # a device-side exponent: oneDNN scales its exact int32 accumulator by a float32 tensor
         scale = scale_tensor(out_exponent, out_guard, torch.float32, xu.device)
         return qconv(xu, zp, w, stride, padding, dilation, groups, 0, scale)
     if (
-        out_exponent is not None
+        once
+        and isinstance(out_exponent, int)
         and -126 <= out_exponent
         and out_exponent + bound.bit_length() < 128
     ):
