@@ -30,11 +30,15 @@ def exact(out, ref):
 
 
 # Backends under test. "cpu-gemm" is the cpu backend with the oneDNN path switched off (what a
-# CPU without exact oneDNN runs); "cuda-mm" runs the cuda backend's padding/shift/chunk logic
-# on CPU tensors (torch._int_mm exists on both devices).
+# CPU without exact oneDNN runs); "cpu-onednn" takes oneDNN wherever it applies, also where the
+# GEMM measured faster (the small test shapes are often such); "cuda-mm" runs the cuda backend's
+# padding/shift/chunk logic on CPU tensors (torch._int_mm exists on both devices).
 def _call(backend, fn, *args, monkeypatch=None, **kw):
     if backend == "cpu-gemm":
         monkeypatch.setattr(cpu, "_onednn_exact", lambda: False)
+        return getattr(kernels, fn)(*args, backend="cpu", **kw)
+    if backend == "cpu-onednn":
+        monkeypatch.setattr(cpu, "_gemm_is_faster", lambda *a: False)
         return getattr(kernels, fn)(*args, backend="cpu", **kw)
     if backend == "cuda-mm":
         monkeypatch.setattr(cuda, "is_available", lambda: True)
@@ -43,7 +47,7 @@ def _call(backend, fn, *args, monkeypatch=None, **kw):
     return getattr(kernels, fn)(*args, backend=backend, **kw)
 
 
-FAST = ["cpu", "cpu-gemm", "cuda-mm"]
+FAST = ["cpu", "cpu-gemm", "cpu-onednn", "cuda-mm"]
 
 # (N, C, H, W, O, k, stride, padding, dilation, groups)
 CONV_CASES = [

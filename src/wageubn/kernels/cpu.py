@@ -224,6 +224,7 @@ def conv2d_forward(
     # hypothesis search: 2 groups, a 5×3 input, 3×3 kernel, stride (1, 2): output 3×1)
     if (
         _onednn_exact()
+        and not _gemm_is_faster(x.shape, w.shape, stride, "forward")
         and (x.dtype == torch.uint8 or groups == 1)
         and all(
             conv_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i], dilation[i]) > 1
@@ -260,11 +261,37 @@ def conv2d_forward(
     )
 
 
-def _onednn_input_grad(w: torch.Tensor, stride: Pair, groups: int) -> bool:
+def _gemm_is_faster(input_size: Sequence[int], w_shape: Sequence[int], stride, direction: str):
+    """Whether the im2col GEMM form beats oneDNN for this convolution (both are exact).
+
+    oneDNN re-packs the weights on every call (about 1.9 ns a weight byte here; 4.6 ms for
+    512×512×3×3) and runs a strided input gradient as s² phases whose sums float32 cannot hold
+    (blocks); the GEMM forms pay per input position instead (im2col, col2im). So the GEMM wins
+    where the weights outweigh the input positions N·H·W. Measured, 2 threads, 3×3 kernels
+    (forward | two-plane input gradient — 2N images —, ms, oneDNN / GEMM): 64 ch at 28², batch 16: 1.5/2.6 |
+    19.7/38.1; 128 at 14²: 1.4/1.6 | 6.1/10.2; 256 at 7²: 2.8/1.4 | 8.4/5.6; 512 at 4²:
+    7.6/1.4 | 22.5/5.4; strided 64→128 at 28²: 1.0/1.0 | 20.8/8.1; 32→64 at 16², batch 128:
+    1.2/1.6 | 11.9/8.2; 16→32 at 32², batch 128: 0.9/3.1 | 5.3/32.9."""
+    n, _, h, w = input_size  # the images of this call: both E2 planes count (2N)
+    weights = w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
+    if direction == "forward":
+        return n * h * w < 0.012 * weights
+    return n * h * w < (4 if tuple(stride) != (1, 1) else 0.024) * weights
+
+
+def _onednn_input_grad(
+    w: torch.Tensor, stride: Pair, groups: int, input_size: Sequence[int]
+) -> bool:
     """Whether an input gradient takes the oneDNN phase form: the error enters oneDNN with zero
-    point 128, which grouped convolutions got wrong; a 1×1 strided one is a plain GEMM."""
+    point 128, which grouped convolutions got wrong; a 1×1 strided one is a plain GEMM, and so
+    is one where the GEMM measured faster (``_gemm_is_faster``)."""
     one_by_one = w.shape[2] == w.shape[3] == 1
-    return _onednn_exact() and groups == 1 and not (one_by_one and stride != (1, 1))
+    return (
+        _onednn_exact()
+        and groups == 1
+        and not (one_by_one and stride != (1, 1))
+        and not _gemm_is_faster(input_size, w.shape, stride, "input")
+    )
 
 
 def conv2d_input_grad(
@@ -281,7 +308,7 @@ def conv2d_input_grad(
     out_guard: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Phase-decomposed oneDNN convolution; 1×1 strided (and fallback) by GEMM + scatter."""
-    if _onednn_input_grad(w, stride, groups):
+    if _onednn_input_grad(w, stride, groups, input_size):
         dx = onednn.phase_input_grad(
             e,
             w,
@@ -327,8 +354,10 @@ def conv2d_input_grad_planes(
 ) -> torch.Tensor | None:
     """Two planes' input gradient with their sum inside oneDNN (``onednn.qconv_planes``); None
     where that form does not apply (the backend then adds the planes in torch)."""
+    size2 = (both.shape[0], *input_size[1:])  # the backend's fallback decides on the same
     if not (
-        _onednn_input_grad(w, stride, groups) and _probed("onednn_planes", onednn.probe_planes)
+        _onednn_input_grad(w, stride, groups, size2)
+        and _probed("onednn_planes", onednn.probe_planes)
     ):
         return None
     return onednn.phase_input_grad(
