@@ -31,10 +31,10 @@ import torch
 
 from . import onednn
 from .gemm_conv import (
-    _padded_nhwc,
     gemm_conv2d_forward,
     gemm_conv2d_input_grad,
     gemm_conv2d_weight_grad,
+    implicit_weight_grad,
     to_output,
 )
 from .reference import (
@@ -132,37 +132,6 @@ def _mm(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------- CPU-only forms
-
-
-def _implicit_weight_grad(
-    x: torch.Tensor,
-    e: torch.Tensor,
-    weight_size: Sequence[int],
-    padding: Pair,
-    dilation: Pair,
-    *,
-    out_dtype: torch.dtype,
-    out_exponent: Exponent | None,
-    out_guard: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Stride-1 weight gradient without im2col: for tap (i, j), the padded input flattened to
-    rows and shifted by ``i·d·Wp + j·d`` rows lines up with the error placed on the padded grid
-    (zeros elsewhere), so each tap is one GEMM on views; the zero rows add nothing."""
-    o, c, kh, kw = weight_size
-    n, _, ho, wo = e.shape
-    xp = _padded_nhwc(x, padding)
-    hp, wp = xp.shape[1], xp.shape[2]
-    flat_x = xp.reshape(-1, c)
-    ep = torch.zeros((n, hp, wp, o), dtype=torch.int8)
-    ep[:, :ho, :wo] = e.permute(0, 2, 3, 1)
-    flat_e = ep.view(-1, o)
-    length = n * hp * wp - ((kh - 1) * dilation[0] * wp + (kw - 1) * dilation[1])
-    res = torch.empty((kh, kw, c, o), dtype=out_dtype)
-    for i in range(kh):
-        for j in range(kw):
-            off = i * dilation[0] * wp + j * dilation[1]
-            res[i, j] = _mm(flat_x[off : off + length].t(), flat_e[:length], out_dtype)
-    return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent, out_guard)
 
 
 # ------------------------------------------------------------------------------------ public
@@ -395,7 +364,7 @@ def conv2d_weight_grad(
     # measured (one thread, batch 128): 16 ch at 32×32 (grid 1.13× the output) 4.7 ms against
     # 8.8 with im2col, 32 ch at 16×16 (1.27×) 3.1 against 3.7, 64 ch at 8×8 (1.56×) 3.1 against 2.2
     if stride == (1, 1) and groups == 1 and c <= 64 and grid <= 1.4 * ho * wo:
-        return _implicit_weight_grad(
+        return implicit_weight_grad(
             x,
             e,
             weight_size,
@@ -404,6 +373,7 @@ def conv2d_weight_grad(
             out_dtype=out_dtype,
             out_exponent=out_exponent,
             out_guard=out_guard,
+            mm=_mm,
         )
     return gemm_conv2d_weight_grad(
         x,

@@ -1,5 +1,6 @@
 """Convolutions as GEMMs, the same on every device: im2col forward, col2im input gradient,
-colsᵀ·E weight gradient (docs/kernels.md).
+colsᵀ·E weight gradient, and the stride-1 weight gradient as one GEMM per tap on shifted views
+(no im2col; the CPU uses it for few channels) (docs/kernels.md).
 
 Each form takes the backend's exact integer matrix product ``mm(a, b, out_dtype)`` — the CPU's
 chunked ``torch._int_mm`` (``kernels.cpu``), cuBLASLt's with padding and a uint8 correction
@@ -9,18 +10,19 @@ or float32 ``acc · 2^e`` rounded once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .reference import conv_out_size, scale_exact, scale_tensor
+from .reference import Exponent, Pair, conv_out_size, scale_exact, scale_tensor
 
 __all__ = [
     "MatMul",
     "gemm_conv2d_forward",
     "gemm_conv2d_input_grad",
     "gemm_conv2d_weight_grad",
+    "implicit_weight_grad",
     "to_output",
 ]
 
@@ -191,3 +193,35 @@ def gemm_conv2d_weight_grad(
         acc = mm(cols.t(), rows[:, g * og : (g + 1) * og], out_dtype)  # (kh·kw·C/g, O/g)
         res[g * og : (g + 1) * og] = acc.t().reshape(og, kh, kw, cg)
     return to_output(res.permute(0, 3, 1, 2), out_exponent, out_guard)
+
+
+def implicit_weight_grad(
+    x: torch.Tensor,
+    e: torch.Tensor,
+    weight_size: Sequence[int],
+    padding: Pair,
+    dilation: Pair,
+    *,
+    out_dtype: torch.dtype,
+    out_exponent: Exponent | None,
+    out_guard: torch.Tensor | None = None,
+    mm: MatMul,
+) -> torch.Tensor:
+    """Stride-1 weight gradient without im2col: for tap (i, j), the padded input flattened to
+    rows and shifted by ``i·d·Wp + j·d`` rows lines up with the error placed on the padded grid
+    (zeros elsewhere), so each tap is one GEMM on views; the zero rows add nothing."""
+    o, c, kh, kw = weight_size
+    n, _, ho, wo = e.shape
+    xp = _padded_nhwc(x, padding)
+    hp, wp = xp.shape[1], xp.shape[2]
+    flat_x = xp.reshape(-1, c)
+    ep = torch.zeros((n, hp, wp, o), dtype=torch.int8)
+    ep[:, :ho, :wo] = e.permute(0, 2, 3, 1)
+    flat_e = ep.view(-1, o)
+    length = n * hp * wp - ((kh - 1) * dilation[0] * wp + (kw - 1) * dilation[1])
+    res = torch.empty((kh, kw, c, o), dtype=out_dtype)
+    for i in range(kh):
+        for j in range(kw):
+            off = i * dilation[0] * wp + j * dilation[1]
+            res[i, j] = mm(flat_x[off : off + length].t(), flat_e[:length], out_dtype)
+    return to_output(res.permute(3, 2, 0, 1).contiguous(), out_exponent, out_guard)
