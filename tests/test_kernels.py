@@ -66,6 +66,7 @@ CONV_CASES = [
     (2, 4, 5, 5, 130, 3, 1, 1, 1, 1),
     (2, 4, 5, 5, 113, 3, 1, 1, 1, 1),
     (1, 4, 7, 6, 260, 3, 2, 1, 1, 1),
+    (1, 8, 12, 20, 8, 3, 1, 1, 1, 1),  # padded grid within 1.4x the output: per-tap weight grad
     # oneDNN 3.12 regressions: a window wholly in the padding (dilation skips the interior);
     # grouped, 1 input channel per group, > 16 outputs per group, zero point 128
     (1, 2, 3, 1, 36, 2, 1, 1, 2, 2),
