@@ -237,10 +237,10 @@ def _gemm_is_faster(input_size: Sequence[int], w_shape: Sequence[int], stride, d
     512×512×3×3) and runs a strided input gradient as s² phases whose sums float32 cannot hold
     (blocks); the GEMM forms pay per input position instead (im2col, col2im). So the GEMM wins
     where the weights outweigh the input positions N·H·W. Measured, 2 threads, 3×3 kernels
-    (forward | two-plane input gradient — 2N images —, ms, oneDNN / GEMM): 64 ch at 28², batch 16: 1.5/2.6 |
-    19.7/38.1; 128 at 14²: 1.4/1.6 | 6.1/10.2; 256 at 7²: 2.8/1.4 | 8.4/5.6; 512 at 4²:
-    7.6/1.4 | 22.5/5.4; strided 64→128 at 28²: 1.0/1.0 | 20.8/8.1; 32→64 at 16², batch 128:
-    1.2/1.6 | 11.9/8.2; 16→32 at 32², batch 128: 0.9/3.1 | 5.3/32.9."""
+    (forward | two-plane input gradient over 2N images; ms, oneDNN / GEMM): 64 ch at 28², batch
+    16: 1.5/2.6 | 19.7/38.1; 128 at 14²: 1.4/1.6 | 6.1/10.2; 256 at 7²: 2.8/1.4 | 8.4/5.6; 512
+    at 4²: 7.6/1.4 | 22.5/5.4; strided 64→128 at 28²: 1.0/1.0 | 20.8/8.1; 32→64 at 16², batch
+    128: 1.2/1.6 | 11.9/8.2; 16→32 at 32², batch 128: 0.9/3.1 | 5.3/32.9."""
     n, _, h, w = input_size  # the images of this call: both E2 planes count (2N)
     weights = w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
     if direction == "forward":

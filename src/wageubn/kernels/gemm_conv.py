@@ -179,19 +179,16 @@ def gemm_conv2d_weight_grad(
     _, _, ho, wo = e.shape
     xp = _padded_nhwc(x, padding)
     rows = _rows_nhwc(e)  # (N·Ho·Wo, O)
-    if x.dtype == torch.int8 and groups == 1:
-        cols = _im2col(xp, kh, kw, stride, dilation, ho, wo)
-        res = mm(rows.t(), cols, out_dtype).view(o, kh, kw, cg)
-        return to_output(res.permute(0, 3, 1, 2), out_exponent, out_guard)
-    res = torch.empty((o, kh, kw, cg), dtype=out_dtype, device=x.device)
+    parts = []  # per group, (O/g, kh·kw·C/g)
     for g in range(groups):
         cols = _im2col(xp[..., g * cg : (g + 1) * cg], kh, kw, stride, dilation, ho, wo)
+        eg = rows[:, g * og : (g + 1) * og]
         if x.dtype == torch.int8:
-            acc = mm(rows[:, g * og : (g + 1) * og].t(), cols, out_dtype)  # (O/g, kh·kw·C/g)
-            res[g * og : (g + 1) * og] = acc.view(og, kh, kw, cg)
-            continue
-        acc = mm(cols.t(), rows[:, g * og : (g + 1) * og], out_dtype)  # (kh·kw·C/g, O/g)
-        res[g * og : (g + 1) * og] = acc.t().reshape(og, kh, kw, cg)
+            parts.append(mm(eg.t(), cols, out_dtype))
+        else:
+            parts.append(mm(cols.t(), eg, out_dtype).t())  # a transposed view
+    acc = parts[0] if groups == 1 else torch.cat(parts)
+    res = acc.reshape(o, kh, kw, cg)  # a copy only where acc is a transposed view
     return to_output(res.permute(0, 3, 1, 2), out_exponent, out_guard)
 
 

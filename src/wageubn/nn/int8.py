@@ -14,8 +14,9 @@ Forward, input gradient and weight gradient run on ``wageubn.kernels`` (integer 
 exact), or, with ``int8_backend="float"``, as the float simulation of the same semantics (float32
 products of the decoded values: bit-equal to the integer kernels wherever float32 is exact). The
 tensors saved for backward are the int8 codes of A plus their exponent — a quarter of float32 —
-and the parameter W itself, whose codes the backward rebuilds (one pass; no copy is kept). The float result of a product is the exact integer accumulator times its power-of-two
-scale, rounded once to float32. The weight gradient leaves the layer in float32 and the optimizer
+and the parameter W itself, whose codes the backward rebuilds (one pass; no copy is kept). The
+float result of a product is the exact integer accumulator times its power-of-two scale, rounded
+once to float32. The weight gradient leaves the layer in float32 and the optimizer
 applies ``CQ`` (with weight decay added first, §3); its ``R`` and codes equal those of the integer
 accumulator except where float32 cannot hold that accumulator (``|acc| >= 2^24``).
 """

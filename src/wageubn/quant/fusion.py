@@ -17,8 +17,8 @@ that compare across settings allow that last bit for float values (tests/test_fu
 
 After the first call with given argument shapes, strides and dtypes, later calls with the same
 ones skip ``torch.compile``'s frame evaluation and guards and call the compiled graph directly
-(``wageubn.quant.replay``): the guards already passed for exactly these properties, and the graph's inputs and
-outputs are mapped to the function's by identity on that first call. That saves tens of
+(``wageubn.quant.replay``): the guards already passed for exactly these properties, and the
+graph's inputs and outputs are mapped to the function's by identity on that first call. That saves tens of
 microseconds a call, which a training step of a hundred kernel calls notices.
 
 Eager instead of compiled:
