@@ -5,8 +5,10 @@
 Each direction of each layer shape: the int8 backend (uint8 activations and int8 errors in
 channels_last, ``out_exponent`` set as the layer code calls it) against ``F.conv2d`` /
 ``torch.nn.grad.conv2d_input`` / ``torch.nn.grad.conv2d_weight`` on float32 channels_last
-tensors. Runs alternate between the two after a warm-up; the table shows medians in ms and the
-ratio int8 / fp32 (below 1 means int8 is faster). Never imported by the package.
+tensors. The "2 planes" rows time what an int8 layer's backward runs (E2's two int8 planes in one
+call) against fp32's one product. Runs alternate between the two after a warm-up; the table shows
+medians in ms and the ratio int8 / fp32 (below 1 means int8 is faster). Never imported by the
+package.
 """
 
 from __future__ import annotations
@@ -91,6 +93,31 @@ def bench(shape, repeats: int):
         ("weight grad",)
         + _median_pair(
             lambda: kernels.conv2d_weight_grad(x, e, w.shape, s, p, out_exponent=-14),
+            lambda: torch.nn.grad.conv2d_weight(xf, w.shape, ef, stride=s, padding=p),
+            repeats,
+        )
+    )
+    # what an int8 layer's backward runs: E2's two planes (coarse, fine) in one call each —
+    # stacked along the batch for the input gradient, side by side (2·O outputs) for the weight
+    # gradient on the activations' int8 codes — against fp32's one product
+    both = torch.cat([e, e.flip(0)]).contiguous(memory_format=CL)
+    side = torch.cat([e, e.flip(0)], dim=1).contiguous(memory_format=CL)
+    x8 = x.view(torch.int8)  # codes 0..127: the same values as int8
+    exponent = torch.tensor(-14)
+    rows.append(
+        ("input grad, 2 planes",)
+        + _median_pair(
+            lambda: kernels.conv2d_input_grad_planes(
+                both, w, x.shape, s, p, shift=7, out_exponent=exponent
+            ),
+            lambda: torch.nn.grad.conv2d_input(x.shape, wf, ef, stride=s, padding=p),
+            repeats,
+        )
+    )
+    rows.append(
+        ("weight grad, 2 planes",)
+        + _median_pair(
+            lambda: kernels.conv2d_weight_grad(x8, side, (2 * o, c, k, k), s, p),
             lambda: torch.nn.grad.conv2d_weight(xf, w.shape, ef, stride=s, padding=p),
             repeats,
         )
